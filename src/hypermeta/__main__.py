@@ -1,0 +1,3 @@
+from hypermeta.cli import main
+
+main()

