@@ -163,10 +163,11 @@ class TextEncoder(_Encoder):
         self.out_dim, self.model_path = dim, model_path
         self.proj = nn.Linear(self.sentence_dim, dim)
         self._cache: dict[str, Tensor] = {}
-        self._model: object | None = None
+        # A plain dict, not an attribute: an nn.Module attribute would join state_dict/.to().
+        self._frozen: dict[str, object] = {}
 
     def _sentence_model(self) -> object:
-        if self._model is None:
+        if "model" not in self._frozen:
             try:
                 st = importlib.import_module("sentence_transformers")
                 path = self.model_path
@@ -175,8 +176,9 @@ class TextEncoder(_Encoder):
             except ImportError as err:
                 raise ImportError(f"TextEncoder needs the 'text' extra ({err.name} is missing): "
                                   "pip install 'hypermeta[text]'") from None
-            self._model = st.SentenceTransformer(path, device="cpu", local_files_only=True)
-        return self._model
+            self._frozen["model"] = st.SentenceTransformer(path, device="cpu",
+                                                           local_files_only=True)
+        return self._frozen["model"]
 
     @torch.no_grad()
     def embed_text(self, texts: Sequence[str]) -> Tensor:
