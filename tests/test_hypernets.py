@@ -87,8 +87,9 @@ def _model(hypernet_cls, **kwargs):
 
 
 def _episode(num_tasks=3, dtype=torch.float32):
-    return Episode(torch.randn(num_tasks, 5, 1, dtype=dtype), torch.randn(num_tasks, 5, 1, dtype=dtype),
-                   torch.randn(num_tasks, 7, 1, dtype=dtype), torch.randn(num_tasks, 7, 1, dtype=dtype))
+    def r(n):
+        return torch.randn(num_tasks, n, 1, dtype=dtype)
+    return Episode(r(5), r(5), r(7), r(7))
 
 
 @pytest.mark.parametrize("cls, kwargs", [

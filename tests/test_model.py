@@ -14,7 +14,8 @@ from hypermeta import (
 
 def task_model(device):
     target = FunctionalTarget(MLP(1, 1, hidden=(16,)))
-    return HyperModel(TaskEmbedding(4, 8), MLPHyperNet(target.spec, 8, hidden=(16,)), target).to(device)
+    hypernet = MLPHyperNet(target.spec, 8, hidden=(16,))
+    return HyperModel(TaskEmbedding(4, 8), hypernet, target).to(device)
 
 
 def set_model(device):

@@ -52,9 +52,10 @@ class TaskEmbedding(_Encoder):
         d = episode.descriptor
         if not isinstance(d, Tensor) or d.dim() != 1 or d.is_floating_point() or d.is_complex():
             got = list(d.shape) if isinstance(d, Tensor) else type(d).__name__
-            return [f"descriptor must be integer task ids of shape [T] for TaskEmbedding; got {got}"]
+            return [f"descriptor must be integer task ids of shape [T] for TaskEmbedding; "
+                    f"got {got}"]
         if d.numel() and (int(d.min()) < 0 or int(d.max()) >= self.num_tasks):
-            bad = d[(d < 0) | (d >= self.num_tasks)].unique().tolist()
+            bad = torch.unique(d[(d < 0) | (d >= self.num_tasks)]).tolist()
             return [f"unknown task ids {bad} in descriptor; TaskEmbedding knows ids "
                     f"0..{self.num_tasks - 1}"]
         return []
@@ -62,7 +63,8 @@ class TaskEmbedding(_Encoder):
     def forward(self, episode: Episode) -> Tensor:
         ids = episode.descriptor
         assert isinstance(ids, Tensor)
-        return self.embedding(ids)  # (T, dim)
+        out: Tensor = self.embedding(ids)  # (T, dim)
+        return out
 
 
 def stable_hash(text: str, salt: int = 0) -> int:
@@ -100,10 +102,14 @@ class HashedLabelEncoder(_Encoder):
         labels = episode.descriptor
         assert isinstance(labels, (list, tuple))
         ids = self.bucket_ids(labels).to(self.embedding.weight.device)
-        return self.embedding(ids)  # (T, dim)
+        out: Tensor = self.embedding(ids)  # (T, dim)
+        return out
 
 
 class FeatureEncoder(_Encoder):
+    mean: Tensor
+    std: Tensor
+
     """A given descriptor vector ``[T, in_dim]`` -> normalised -> MLP -> ``[T, dim]``.
 
     Call ``fit(features)`` with the training tasks' descriptors to set the normalisation
@@ -142,7 +148,8 @@ class FeatureEncoder(_Encoder):
     def forward(self, episode: Episode) -> Tensor:
         features = episode.descriptor
         assert isinstance(features, Tensor)
-        return self.net((features - self.mean) / self.std)  # (T, dim)
+        out: Tensor = self.net((features - self.mean) / self.std)  # (T, dim)
+        return out
 
 
 class TextEncoder(_Encoder):
@@ -201,7 +208,8 @@ class TextEncoder(_Encoder):
         texts = episode.descriptor
         assert isinstance(texts, (list, tuple))
         sentences = self.embed_text(texts).to(self.proj.weight.device)
-        return self.proj(sentences)  # (T, dim)
+        out: Tensor = self.proj(sentences)  # (T, dim)
+        return out
 
 
 class SetEncoder(_Encoder):
@@ -276,4 +284,5 @@ class SetEncoder(_Encoder):
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
             pooled = (torch.softmax(scores, dim=1)[..., None] * h).sum(1)
-        return self.rho(pooled)  # (T, dim)
+        out: Tensor = self.rho(pooled)  # (T, dim)
+        return out

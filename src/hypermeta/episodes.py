@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Union
 
 import torch
 from torch import Tensor
 
-Descriptor = Union[Tensor, list[str], None]
+Descriptor = Tensor | list[str] | None
 
 
 @dataclass

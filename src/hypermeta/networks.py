@@ -70,7 +70,8 @@ class Conv4(nn.Module):
         self.input_shape = (in_channels, image_size, image_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x).flatten(1))
+        out: Tensor = self.head(self.features(x).flatten(1))
+        return out
 
 
 class _Recurrent(nn.Module):
@@ -99,9 +100,9 @@ class _Recurrent(nn.Module):
         for t in range(x.shape[1]):
             h, c = self.step(gx[:, t], h, c)
             outputs.append(h)
-        if self.output == "last":
-            return self.head(h)
-        return self.head(torch.stack(outputs, dim=1))
+        seq = h if self.output == "last" else torch.stack(outputs, dim=1)
+        out: Tensor = self.head(seq)
+        return out
 
     def step(self, gx: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -154,11 +155,12 @@ class _Block(nn.Module):
                    for t in (q, k, v))
         att = torch.softmax(q @ k.transpose(-1, -2) / (d // self.nhead) ** 0.5, dim=-1)
         x = x + self.proj((att @ v).transpose(1, 2).reshape(n, length, d))
-        return x + self.ff2(F.gelu(self.ff1(self.norm2(x))))
+        out: Tensor = x + self.ff2(F.gelu(self.ff1(self.norm2(x))))
+        return out
 
 
 class TransformerNet(nn.Module):
-    """Small transformer encoder over sequences ``[N, L, in_dim]`` -> ``[N, out_dim]`` (mean pool)."""
+    """Small transformer encoder, sequences ``[N, L, in_dim]`` -> ``[N, out_dim]`` (mean pool)."""
 
     def __init__(self, in_dim: int, out_dim: int, d_model: int = 32, nhead: int = 2,
                  num_layers: int = 1, dim_ff: int = 64, max_len: int = 64) -> None:
@@ -177,7 +179,8 @@ class TransformerNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.embed(x) + self.position[: x.shape[1]]
-        return self.head(self.norm(self.blocks(h)).mean(dim=1))
+        out: Tensor = self.head(self.norm(self.blocks(h)).mean(dim=1))
+        return out
 
 
 NETWORKS: dict[str, type[nn.Module]] = {

@@ -49,10 +49,9 @@ class ParamSpec:
         lengths = {len(self.shapes), len(self.kinds), len(self.fan_in), len(self.fan_out)}
         if lengths != {n}:
             raise ValueError(
-                "ParamSpec fields must have equal lengths; got names={}, shapes={}, kinds={}, "
-                "fan_in={}, fan_out={}".format(
-                    n, len(self.shapes), len(self.kinds), len(self.fan_in), len(self.fan_out)
-                )
+                f"ParamSpec fields must have equal lengths; got names={n}, "
+                f"shapes={len(self.shapes)}, kinds={len(self.kinds)}, "
+                f"fan_in={len(self.fan_in)}, fan_out={len(self.fan_out)}"
             )
         if n == 0:
             raise ValueError("ParamSpec is empty: nothing would be generated")

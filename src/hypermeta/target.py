@@ -84,7 +84,8 @@ class FunctionalTarget(nn.Module):
         if input_shape is None:  # built-in targets know the shape of one example
             input_shape = getattr(module, "input_shape", None)
         self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
-        self.config: dict | None = getattr(module, "config", None)  # built-in targets rebuild
+        # built-in targets carry the JSON-able config that rebuilds them
+        self.config: dict[str, object] | None = getattr(module, "config", None)
         self.module = copy.deepcopy(module)
         selected = _select(self.module, generate)
         if adapter == "full":
@@ -113,7 +114,8 @@ class FunctionalTarget(nn.Module):
             fout.append(fan_out)
             initial[name] = tensor.detach().clone()
             _make_placeholder(owner, leaf)
-        return ParamSpec(tuple(names), tuple(shapes), tuple(kinds), tuple(fin), tuple(fout)), initial
+        spec = ParamSpec(tuple(names), tuple(shapes), tuple(kinds), tuple(fin), tuple(fout))
+        return spec, initial
 
     def _make_adapters(self, selected: list[str]) -> tuple[ParamSpec, Params, dict[str, int]]:
         layers = []
@@ -129,9 +131,11 @@ class FunctionalTarget(nn.Module):
             )
         names, shapes, kinds, fin, fout = [], [], [], [], []
         hook_ids: dict[str, int] = {}
+        entries: list[tuple[str, tuple[int, ...], str, int, int]]  # leaf, shape, kind, fans
         for layer_name in layers:
             layer = self.module.get_submodule(layer_name)
-            out_ch, fan_in = layer.weight.shape[0], math.prod(layer.weight.shape[1:])
+            weight = _tensor(layer, "weight")
+            out_ch, fan_in = int(weight.shape[0]), math.prod(weight.shape[1:])
             prefix = f"{layer_name}." if layer_name else ""
             if self.adapter == "lowrank":
                 if isinstance(layer, nn.Conv2d) and (layer.groups != 1 or
@@ -196,7 +200,7 @@ class FunctionalTarget(nn.Module):
 
     def shared_tensors(self) -> dict[str, Tensor]:
         """Shared parameters and real buffers: everything ``functional_call`` needs but params."""
-        out = {n: p for n, p in self.module.named_parameters()}
+        out: dict[str, Tensor] = dict(self.module.named_parameters())
         out.update((n, b) for n, b in self.module.named_buffers() if n not in self._placeholders)
         return out
 
@@ -206,7 +210,8 @@ class FunctionalTarget(nn.Module):
         Only shapes are read (no device sync), so this is cheap enough for every call.
         """
         if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a torch.Tensor of shape [T, N, ...], got {type(x).__name__}")
+            raise TypeError(f"x must be a torch.Tensor of shape [T, N, ...], "
+                            f"got {type(x).__name__}")
         if x.dim() < 2:
             raise ValueError(f"x must have shape [T, N, ...] (task dim first); got {list(x.shape)}")
         if not isinstance(params, dict):
@@ -283,11 +288,8 @@ class FunctionalTarget(nn.Module):
 # --------------------------------------------------------------------------- module helpers
 def _select(module: nn.Module, generate: Selection) -> list[str]:
     """Names of the parameters chosen by ``generate`` (in ``named_parameters`` order)."""
-    items: list[str | type[nn.Module]]
-    if isinstance(generate, (str, type)):
-        items = [generate]
-    else:
-        items = list(generate)
+    single = isinstance(generate, (str, type))
+    items: list[str | type[nn.Module]] = [generate] if single else list(generate)  # type: ignore
     if not items:
         raise ValueError("generate= is empty; pass 'all', glob patterns or module types")
     patterns = ["*" if i == "all" else i for i in items if isinstance(i, str)]
@@ -338,10 +340,16 @@ def _kind_and_fans(owner: nn.Module, leaf: str, tensor: Tensor) -> tuple[str, in
     return "other", tensor.numel(), tensor.numel()
 
 
+def _tensor(module: nn.Module, name: str) -> Tensor:
+    value = getattr(module, name)
+    assert isinstance(value, Tensor), f"{name} of {type(module).__name__} is not a tensor"
+    return value
+
+
 def _lowrank_hook(layer: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
     # y = W0 x + B (A x): two thin products, never the [out, in] matrix B @ A per task.
     x = inputs[0]
-    a, b = layer.lora_a, layer.lora_b  # [r, fan_in], [out, r]
+    a, b = _tensor(layer, "lora_a"), _tensor(layer, "lora_b")  # [r, fan_in], [out, r]
     if isinstance(layer, nn.Conv2d):
         r = a.shape[0]
         kernel = a.reshape(r, *layer.weight.shape[1:])
@@ -351,7 +359,7 @@ def _lowrank_hook(layer: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) 
 
 
 def _film_hook(layer: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
-    scale, shift = layer.film_scale, layer.film_shift  # [out] each
+    scale, shift = _tensor(layer, "film_scale"), _tensor(layer, "film_shift")  # [out] each
     if isinstance(layer, nn.Conv2d):
         scale, shift = scale[:, None, None], shift[:, None, None]
     return output * (1 + scale) + shift
@@ -361,7 +369,7 @@ def _merge_adapter(layer: nn.Module, layer_name: str, hook_id: int, params: Para
                    adapter: Adapter) -> None:
     prefix = f"{layer_name}." if layer_name else ""
     del layer._forward_hooks[hook_id]
-    weight, bias = layer.weight, layer.bias
+    weight, bias = _tensor(layer, "weight"), getattr(layer, "bias", None)
     if adapter == "lowrank":
         a, b = params[prefix + "lora_a"], params[prefix + "lora_b"]
         weight.add_((b @ a).reshape(weight.shape))

@@ -1,0 +1,70 @@
+"""What every benchmark records beside its numbers, and where it writes them."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hypermeta import __version__
+from hypermeta.checkpoint import atomic_write_json
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def git_state() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout
+    return {"commit": git("rev-parse", "HEAD").strip() or None,
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no").strip())}
+
+
+def environment(seeds: list[int]) -> dict[str, Any]:
+    """Machine, threads, load, versions, seeds and code state of this run."""
+    return {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cpu_count": os.cpu_count(), "python": platform.python_version(),
+                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()),
+        "torch": torch.__version__,
+        "hypermeta": __version__,
+        "seeds": seeds,
+        "code": git_state(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def result_path(benchmark: str, config: str, *, smoke: bool) -> Path:
+    """One file per benchmark and config; a smoke run gets its own name, never the headline's."""
+    return RESULTS / f"{benchmark}-{config}{'-smoke' if smoke else ''}.json"
+
+
+def write_result(path: Path, payload: dict[str, Any]) -> Path:
+    return atomic_write_json(path, payload)
+
+
+def interleaved_medians(arms: dict[str, Callable[[], None]], repeats: int,
+                        warmup: int = 2) -> dict[str, dict[str, Any]]:
+    """Time each arm ``repeats`` times, alternating arms (and their order) within every round,
+    so drift in machine load hits all arms alike. Returns median and all samples in seconds."""
+    for fn in arms.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in arms}
+    names = list(arms)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            arms[name]()
+            samples[name].append(time.perf_counter() - start)
+    return {name: {"median_s": statistics.median(s), "samples_s": s}
+            for name, s in samples.items()}
