@@ -57,8 +57,6 @@ BAD = {
                                      torch.tensor([0, 1, 9])), "unknown task ids [9]"),
     "task dim": (lambda e: Episode(e.support_x, e.support_y, torch.randn(4, 7, 1), None,
                                    e.descriptor), "support_x has 3 tasks in dim 0"),
-    "empty support": (lambda e: Episode(torch.randn(3, 0, 1), torch.randn(3, 0, 1), e.query_x,
-                                        e.query_y, e.descriptor), "support set is empty"),
     "nan query": (lambda e: Episode(e.support_x, e.support_y, e.query_x.masked_fill(
         torch.rand_like(e.query_x) < 0.5, float("nan")), e.query_y, e.descriptor),
         "query_x contains NaN"),
@@ -68,6 +66,19 @@ BAD = {
                                      e.descriptor, torch.zeros(3, 5, dtype=torch.bool)),
                    "support set is empty for tasks [0, 1, 2]"),
 }
+
+
+def test_empty_support_set_is_rejected_by_a_support_set_model():
+    model = set_model("cpu")
+    with pytest.raises(ValueError, match="support set is empty"):
+        model(Episode(torch.randn(3, 0, 1), torch.randn(3, 0, 1), torch.randn(3, 7, 1)))
+
+
+def test_descriptor_models_need_no_support_set():
+    model = task_model("cpu")
+    episode = Episode(torch.randn(2, 0, 1), torch.randn(2, 0, 1), torch.randn(2, 7, 1),
+                      descriptor=torch.tensor([1, 3]))
+    assert model(episode).shape == (2, 7, 1)
 
 
 @pytest.mark.parametrize("case", sorted(BAD))

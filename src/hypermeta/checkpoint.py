@@ -1,13 +1,19 @@
-"""Files that must never be left half-written: atomic writes (temp file in the same folder,
-fsync, then rename over the destination)."""
+"""Checkpoints (safetensors + JSON metadata, content ids) and atomic writes (temp file in the
+same folder, fsync, then rename over the destination)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import Tensor
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -30,3 +36,69 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     """``json.dumps(obj, indent=2)`` written atomically (see ``atomic_write_bytes``)."""
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+# ----------------------------------------------------------------------------- checkpoints
+FORMAT = "hypermeta-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, truncated, corrupted or from another format."""
+
+
+def content_id(config_json: str, weights: dict[str, Tensor]) -> str:
+    """sha256 over the config JSON and every weight (sorted by name): the model version."""
+    digest = hashlib.sha256(config_json.encode())
+    for name in sorted(weights):
+        tensor = weights[name].detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(list(tensor.shape)).encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: str | Path, *, config_json: str, model: dict[str, Tensor],
+                    extra_tensors: dict[str, Tensor] | None = None,
+                    state: dict[str, Any] | None = None) -> str:
+    """One safetensors file: model weights (``model/...``), extra tensors (optimizer, RNG),
+    and JSON metadata (config, training state, content id). Written atomically: a crash
+    leaves the previous file intact. Returns the content id."""
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.items()}
+    cid = content_id(config_json, weights)
+    tensors = {f"model/{k}": v for k, v in weights.items()}
+    for k, v in (extra_tensors or {}).items():
+        tensors[f"extra/{k}"] = v.detach().cpu().contiguous()
+    metadata = {"format": FORMAT, "config": config_json, "content_id": cid,
+                "state": json.dumps(state or {})}
+    atomic_write_bytes(path, safetensors.torch.save(tensors, metadata=metadata))
+    return cid
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Tensor],
+                                               dict[str, Any]]:
+    """-> (model weights, extra tensors, metadata with parsed ``config`` and ``state``).
+
+    Never unpickles. Verifies the content id, so a flipped byte in the weights is caught.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    except Exception as err:  # safetensors raises its own error types for bad headers
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupted ({err})") from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a {FORMAT} file (format "
+                              f"{metadata.get('format')!r})")
+    model = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
+    extra = {k.removeprefix("extra/"): v for k, v in tensors.items() if k.startswith("extra/")}
+    if content_id(metadata["config"], model) != metadata.get("content_id"):
+        raise CheckpointError(f"checkpoint {path} is corrupted: its weights do not match "
+                              "its content id")
+    meta: dict[str, Any] = {"config": json.loads(metadata["config"]),
+                            "state": json.loads(metadata["state"]),
+                            "content_id": metadata["content_id"]}
+    return model, extra, meta

@@ -1,16 +1,24 @@
-"""The command line: the one list of ``hypermeta`` commands."""
+"""The command line: the one list of ``hypermeta`` commands (each a plain typed function)."""
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Annotated
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
+import numpy as np
+import torch
 import typer
 
 import hypermeta
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Meta-learning with hypernetworks (see `hypermeta COMMAND --help`).")
+_state = {"debug": False}
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _version(value: bool) -> None:
@@ -23,27 +31,175 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
     """Meta-learning with hypernetworks."""
+    _state["debug"] = debug
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING)
+
+
+def _friendly(command: F) -> F:
+    """Bad input -> a one-line message and exit code 2 (the traceback only with --debug)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as err:
+            if _state["debug"]:
+                raise
+            lines = [line.strip() for line in str(err).strip("'\"").splitlines() if line.strip()]
+            message = "; ".join(lines).replace(":;", ":")
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@_friendly
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML run config (see configs/).")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: key.sub=value "
+                                                   "(repeatable).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<config name>).")]
+    = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps in this "
+                                                  "call; rerun to resume.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Meta-train a hypernetwork or a baseline; resumes an interrupted run in the same folder."""
+    from hypermeta.config import RunConfig
+    from hypermeta.train import fit
+
+    run_config = RunConfig.from_file(config, set_ or [])
+    run_dir = out or Path("runs") / config.stem
+    result = fit(run_config, run_dir, max_steps=max_steps, progress=progress)
+    typer.echo(json.dumps({"run_dir": str(run_dir), "steps_done": result.steps_done,
+                           "complete": result.complete, "best_val": result.best_val,
+                           "best_step": result.best_step, "content_id": result.content_id}))
+
+
+@app.command("eval")
+@_friendly
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder made by `hypermeta train`.")],
+    tasks: Annotated[int | None, typer.Option(help="Number of test tasks (default: the "
+                                              "family's fixed test set).")] = None,
+    finetune_steps: Annotated[int | None, typer.Option(help="Fine-tuning steps of generated "
+                                                       "networks (hypernet runs).")] = None,
+    which: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
+    split: Annotated[str, typer.Option(help="test or val.")] = "test",
+) -> None:
+    """Evaluate on the fixed test tasks: mean ± 95% CI, written to RUN_DIR/eval-*.json."""
+    from hypermeta.build import load_learner
+    from hypermeta.checkpoint import atomic_write_json
+    from hypermeta.evaluate import evaluate, predictor
+    from hypermeta.model import HyperModel
+
+    if split not in ("test", "val"):
+        raise ValueError(f"--split must be 'test' or 'val', got {split!r}")
+    learner, config, source, cid = load_learner(run_dir, which=which)
+    episodes = source.fixed_tasks(split, tasks or config.eval.tasks)  # type: ignore[arg-type]
+    predict = predictor(learner)
+    if finetune_steps is not None:
+        if not isinstance(learner, HyperModel):
+            raise ValueError("--finetune-steps applies to hypernet runs only")
+        predict = functools.partial(learner.predict, finetune_steps=finetune_steps)
+    result = evaluate(predict, episodes, source.task_kind, batch=config.eval.batch)
+    metric = "accuracy" if source.task_kind == "classification" else "mse"
+    payload = {"run_dir": str(run_dir), "checkpoint": which, "content_id": cid, "split": split,
+               "metric": metric, "finetune_steps": finetune_steps, **result}
+    suffix = "" if finetune_steps is None else f"-ft{finetune_steps}"
+    atomic_write_json(Path(run_dir) / f"eval-{split}-{which}{suffix}.json", payload)
+    typer.echo(f"{metric} {result['mean']:.4f} ± {result['ci95']:.4f} (95% CI, "
+               f"{result['tasks']} {split} tasks)")
+
+
+def _descriptor(text: str, kind: str) -> torch.Tensor | list[str]:
+    if kind in ("hashed", "text"):
+        return [text]
+    try:
+        if kind == "task_id":
+            return torch.tensor([int(text)])
+        return torch.tensor([[float(v) for v in text.split(",")]])
+    except ValueError:
+        expected = "an integer task id" if kind == "task_id" else "comma-separated numbers"
+        raise ValueError(f"--descriptor {text!r} must be {expected} for a {kind} encoder") \
+            from None
+
+
+@app.command()
+@_friendly
+def generate(
+    run_dir: Annotated[Path, typer.Argument(help="A hypernet run folder.")],
+    out: Annotated[Path, typer.Option(help="Where to write the task's network (.safetensors).")],
+    support: Annotated[Path | None, typer.Option(help=".npz with arrays x [S, ...] and y [S] "
+                                                 "or [S, out] (one task's support set).")] = None,
+    descriptor: Annotated[str | None, typer.Option(help="Task id, comma-separated feature "
+                                                   "vector, label or text.")] = None,
+    which: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
+) -> None:
+    """Generate one task's standalone network (weights + architecture JSON in its metadata)."""
+    import safetensors.torch
+
+    from hypermeta.build import load_learner
+    from hypermeta.checkpoint import atomic_write_bytes
+    from hypermeta.episodes import Episode
+    from hypermeta.model import HyperModel
+
+    if (support is None) == (descriptor is None):
+        raise ValueError("pass exactly one of --support FILE or --descriptor VALUE")
+    model, config, source, cid = load_learner(run_dir, which=which)
+    if not isinstance(model, HyperModel):
+        raise ValueError(f"{run_dir} holds a {config.method} run; generate needs a hypernet run")
+    x_shape = source.x_shape
+    if support is not None:
+        if not support.is_file():
+            raise FileNotFoundError(f"--support file {support} does not exist")
+        with np.load(support, allow_pickle=False) as data:
+            if "x" not in data or "y" not in data:
+                raise ValueError(f"--support {support} must hold arrays 'x' and 'y'")
+            x = torch.as_tensor(data["x"]).float()[None]
+            y_np = data["y"]
+        y = torch.as_tensor(y_np)[None]
+        y = y.long() if source.task_kind == "classification" else y.float()
+        if source.task_kind == "regression" and y.dim() == 2:
+            y = y[..., None]
+        episode = Episode(x, y, x[:, :1])
+    else:
+        assert descriptor is not None
+        x = torch.zeros(1, 0, *x_shape)
+        y_empty = torch.zeros(1, 0, dtype=torch.long) if source.task_kind == "classification" \
+            else torch.zeros(1, 0, source.out_dim)
+        episode = Episode(x, y_empty, torch.zeros(1, 1, *x_shape),
+                          descriptor=_descriptor(descriptor, config.encoder.kind))
+    network = model.generate(episode)[0]
+    metadata = {"architecture": json.dumps(config.target), "content_id": cid,
+                "hypermeta": hypermeta.__version__}
+    state = {k: v.contiguous() for k, v in network.state_dict().items()}
+    atomic_write_bytes(out, safetensors.torch.save(state, metadata=metadata))
+    typer.echo(f"wrote {out} ({sum(v.numel() for v in state.values())} parameters; "
+               f"architecture {config.target.get('name')})")
 
 
 @app.command()
 def networks() -> None:
-    """List the built-in target networks and their default configs."""
-    for name, cls in sorted(hypermeta.NETWORKS.items()):
-        typer.echo(f"{name:12s} {cls.__name__}: {json.dumps(_defaults(name))}")
-
-
-def _defaults(name: str) -> dict[str, object]:
+    """List the built-in target networks and an example config of each."""
     examples: dict[str, dict[str, object]] = {
-        "mlp": {"in_dim": 1, "out_dim": 1}, "conv4": {}, "gru": {"in_dim": 1, "hidden": 32,
-        "out_dim": 1}, "lstm": {"in_dim": 1, "hidden": 32, "out_dim": 1},
+        "mlp": {"in_dim": 1, "out_dim": 1}, "conv4": {},
+        "gru": {"in_dim": 1, "hidden": 32, "out_dim": 1},
+        "lstm": {"in_dim": 1, "hidden": 32, "out_dim": 1},
         "transformer": {"in_dim": 1, "out_dim": 1},
     }
-    net = hypermeta.build_network({"name": name, **examples[name]})
-    config: dict[str, object] = net.config  # type: ignore[assignment]
-    return config
+    for name, cls in sorted(hypermeta.NETWORKS.items()):
+        net = hypermeta.build_network({"name": name, **examples[name]})
+        typer.echo(f"{name:12s} {cls.__name__}: {json.dumps(net.config)}")
 
 
 def main() -> None:
-    app()
+    app(prog_name="hypermeta")
+
+
+if __name__ == "__main__":
+    main()

@@ -250,6 +250,9 @@ class SetEncoder(_Encoder):
 
     def problems(self, episode: Episode) -> list[str]:
         y = episode.support_y
+        if y.shape[1] == 0:
+            return ["support set is empty: support_x has S = 0 examples per task, and the "
+                    "SetEncoder reads the support set"]
         if self.num_classes is not None:
             if y.dim() != 2 or y.is_floating_point():
                 return [f"support_y must be integer class labels of shape [T, S] for a "

@@ -95,8 +95,6 @@ class Episode:
         if self.query_y is not None and self.query_x.shape[:2] != self.query_y.shape[:2]:
             out.append(f"query_x {list(self.query_x.shape)} and query_y "
                        f"{list(self.query_y.shape)} must agree in [T, Q]")
-        if self.support_x.shape[1:2] == (0,):
-            out.append("support set is empty: support_x has S = 0 examples per task")
         if self.support_x.shape[2:] != self.query_x.shape[2:]:
             out.append(f"support_x examples {list(self.support_x.shape[2:])} and query_x "
                        f"examples {list(self.query_x.shape[2:])} must have the same shape")

@@ -63,6 +63,11 @@ class _HyperNet(nn.Module):
         """
         return count_parameters(self) / self.spec.numel()
 
+    def set_base(self, flat: Tensor) -> None:
+        """Make ``flat`` ``[P]`` the task-independent part of the output (e.g. a pre-trained
+        target), keeping the task-dependent part as it is."""
+        raise NotImplementedError
+
 
 class MLPHyperNet(_HyperNet):
     """Embedding -> ReLU hidden layers -> one linear head emitting every generated parameter.
@@ -94,6 +99,10 @@ class MLPHyperNet(_HyperNet):
     def forward(self, z: Tensor) -> Params:
         _check_z(z, self.z_dim)
         return self.spec.unflatten(self.head(self.trunk(z)))  # (T, P) -> {name: [T, *shape]}
+
+    @torch.no_grad()
+    def set_base(self, flat: Tensor) -> None:
+        self.head.bias.copy_(flat)
 
 
 class ChunkedHyperNet(_HyperNet):
@@ -134,7 +143,7 @@ class ChunkedHyperNet(_HyperNet):
                            for size, fan in zip(spec.sizes(), spec.fan_in)])
         he = spec.he_std(mode)
         self.register_buffer("scale", torch.where(he > 0, he, small), persistent=False)
-        self.register_buffer("offset", spec.offsets(), persistent=False)
+        self.register_buffer("offset", spec.offsets())  # persistent: set_base may change it
 
     def forward(self, z: Tensor) -> Params:
         _check_z(z, self.z_dim)
@@ -146,6 +155,10 @@ class ChunkedHyperNet(_HyperNet):
         raw = self.head(self.trunk(inputs)).reshape(num_tasks, -1)  # (T, C * chunk_size)
         flat = raw[:, : self.spec.numel()] * self.scale + self.offset  # (T, P)
         return self.spec.unflatten(flat)
+
+    @torch.no_grad()
+    def set_base(self, flat: Tensor) -> None:
+        self.get_buffer("offset").copy_(flat)
 
 
 class DeltaHyperNet(_HyperNet):
@@ -182,3 +195,7 @@ class DeltaHyperNet(_HyperNet):
     def forward(self, z: Tensor) -> Params:
         _check_z(z, self.z_dim)
         return self.spec.unflatten(self.base + self.head(self.trunk(z)))  # (T, P)
+
+    @torch.no_grad()
+    def set_base(self, flat: Tensor) -> None:
+        self.base.copy_(flat)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
+from hypermeta.adapt import adapt
 from hypermeta.episodes import Episode
+from hypermeta.evaluate import TaskKind
 from hypermeta.spec import Params
 from hypermeta.target import FunctionalTarget
 
@@ -18,6 +22,11 @@ class HyperModel(nn.Module):
         hypernet: a generator built on ``target.spec`` (``MLPHyperNet``, ``ChunkedHyperNet``,
             ``DeltaHyperNet``) whose ``z_dim`` equals ``encoder.out_dim``.
         target: the ``FunctionalTarget`` that runs the generated parameters.
+        kind: ``"regression"`` (MSE) or ``"classification"`` (cross-entropy), the loss that
+            fine-tuning minimises on the support set.
+        finetune_steps: SGD steps of each generated network on its support set in ``predict``
+            and ``generate`` (0: use the generated weights as they are).
+        finetune_lr: their step size.
 
     Inputs are validated once here (shapes, dtypes, NaN/Inf, empty supports, unknown ids)
     and moved to the model's device; nothing is changed when validation fails.
@@ -29,8 +38,16 @@ class HyperModel(nn.Module):
         >>> nets = model.generate(episode)         # T standalone nn.Modules
     """
 
-    def __init__(self, encoder: nn.Module, hypernet: nn.Module, target: FunctionalTarget) -> None:
+    def __init__(self, encoder: nn.Module, hypernet: nn.Module, target: FunctionalTarget, *,
+                 kind: TaskKind = "regression", finetune_steps: int = 0,
+                 finetune_lr: float = 0.01) -> None:
         super().__init__()
+        if kind not in ("regression", "classification"):
+            raise ValueError(f"kind must be 'regression' or 'classification', got {kind!r}")
+        if finetune_steps < 0 or finetune_lr <= 0:
+            raise ValueError(f"finetune_steps must be >= 0 and finetune_lr > 0; got "
+                             f"{finetune_steps}, {finetune_lr}")
+        self.kind, self.finetune_steps, self.finetune_lr = kind, finetune_steps, finetune_lr
         if not isinstance(target, FunctionalTarget):
             raise TypeError(f"target must be a FunctionalTarget, got {type(target).__name__}")
         if getattr(hypernet, "spec", None) != target.spec:
@@ -40,6 +57,21 @@ class HyperModel(nn.Module):
         if z_dim != out_dim:
             raise ValueError(f"encoder.out_dim ({out_dim}) must equal hypernet.z_dim ({z_dim})")
         self.encoder, self.hypernet, self.target = encoder, hypernet, target
+
+    @classmethod
+    def load(cls, run_dir: str | Path, *, target: nn.Module | None = None,
+             which: str = "best") -> HyperModel:
+        """Rebuild a trained model from a run folder (safetensors + JSON; never unpickles).
+
+        Built-in targets are rebuilt from the saved config; a user's own module is passed as
+        ``target=`` (its architecture must match the one trained).
+        """
+        from hypermeta.build import load_learner  # build imports this module
+
+        learner, config, _, _ = load_learner(run_dir, which=which, target=target)
+        if not isinstance(learner, cls):
+            raise TypeError(f"{run_dir} holds a {config.method} run, not a HyperModel")
+        return learner
 
     @property
     def device(self) -> torch.device:
@@ -57,6 +89,8 @@ class HyperModel(nn.Module):
             if shape is not None and tuple(episode.query_x.shape[2:]) != shape:
                 problems.append(f"query_x examples have shape {list(episode.query_x.shape[2:])}; "
                                 f"the target expects {list(shape)}")
+            if self.finetune_steps and episode.support_x.shape[1] == 0:
+                problems.append("support set is empty: fine-tuning needs support examples")
         if problems:
             raise ValueError("invalid Episode for this HyperModel:\n  - " + "\n  - ".join(problems))
         return episode.to(self.device)
@@ -75,10 +109,30 @@ class HyperModel(nn.Module):
         out: Tensor = self.target(params, episode.query_x)  # (T, Q, ...)
         return out
 
+    def adapted_params(self, episode: Episode, finetune_steps: int | None = None) -> Params:
+        """Generated params, then ``finetune_steps`` (default: the model's) SGD steps of each
+        task on its own support set. Detached from the hypernetwork."""
+        episode = self.prepare(episode)
+        with torch.no_grad():
+            params: Params = self.hypernet(self.encoder(episode))
+        steps = self.finetune_steps if finetune_steps is None else finetune_steps
+        tuned = adapt(self.target, params, episode, self.kind, steps=steps,
+                      lr=self.finetune_lr)
+        return {n: p.detach() for n, p in tuned.items()}
+
+    def predict(self, episode: Episode, finetune_steps: int | None = None) -> Tensor:
+        """Evaluation path: generate (and optionally fine-tune) each task's network, then
+        predict its query set, ``[T, Q, ...]``."""
+        params = self.adapted_params(episode, finetune_steps)
+        with torch.no_grad():
+            out: Tensor = self.target(params, episode.query_x.to(self.device))
+        return out
+
     @torch.no_grad()
-    def generate(self, episode: Episode) -> list[nn.Module]:
-        """One standalone ``nn.Module`` per task, holding no reference to the hypernetwork."""
-        params = self.params(episode)
+    def generate(self, episode: Episode, finetune_steps: int | None = None) -> list[nn.Module]:
+        """One standalone ``nn.Module`` per task (after the model's fine-tuning steps, if any),
+        holding no reference to the hypernetwork."""
+        params = self.adapted_params(episode, finetune_steps)
         count = next(iter(params.values())).shape[0]
         return [self.target.materialize({n: p[i] for n, p in params.items()})
                 for i in range(count)]

@@ -1,0 +1,42 @@
+"""Gradient steps on each task's support set, for all T tasks at once.
+
+Used by fine-tuning of generated networks and by MAML's inner loop. Tasks are independent, so
+the gradient of the *sum* of per-task support losses w.r.t. the batched params ``[T, ...]`` is
+exactly each task's own gradient: one backward serves every task.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hypermeta.episodes import Episode
+from hypermeta.evaluate import TaskKind, per_task_loss
+from hypermeta.spec import Params
+from hypermeta.target import FunctionalTarget
+
+
+def adapt(target: FunctionalTarget, params: Params, episode: Episode, kind: TaskKind, *,
+          steps: int, lr: float, create_graph: bool = False) -> Params:
+    """``steps`` SGD steps of every task's params on its support set; returns the new params.
+
+    Arguments:
+        target: runs the params.
+        params: ``{name: [T, *shape]}``; gradients flow back through them when
+            ``create_graph`` is True (second-order MAML), else the result is detached from
+            the inputs' graph except through the identity path (first-order / fine-tuning).
+        episode: supplies ``support_x``/``support_y``.
+        kind: regression (MSE) or classification (cross-entropy).
+        steps, lr: number and size of the steps; deterministic (no sampling).
+    """
+    if steps == 0:
+        return params
+    with torch.enable_grad():
+        # leaves that carry no graph (fine-tuning) become leaves we can differentiate
+        current = {n: p if p.requires_grad else p.detach().requires_grad_(True)
+                   for n, p in params.items()}
+        for _ in range(steps):
+            loss = per_task_loss(target(current, episode.support_x), episode.support_y,
+                                 kind).sum()
+            grads = torch.autograd.grad(loss, list(current.values()), create_graph=create_graph)
+            current = {n: p - lr * g for (n, p), g in zip(current.items(), grads)}
+    return current

@@ -1,0 +1,125 @@
+"""Baselines on the same ``Episode`` / ``FunctionalTarget``: MAML, first-order MAML, ProtoNets,
+and training the target from scratch on each support set.
+
+Every learner (``HyperModel`` included) is an ``nn.Module`` with ``forward(episode)`` (the
+meta-training path: query predictions ``[T, Q, ...]``) and ``predict(episode)`` (evaluation:
+adapt to each support set, then predict the queries).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hypermeta.adapt import adapt
+from hypermeta.episodes import Episode
+from hypermeta.evaluate import TaskKind, per_task_loss
+from hypermeta.spec import Params
+from hypermeta.target import FunctionalTarget
+
+
+class MAML(nn.Module):
+    """Model-agnostic meta-learning (Finn et al. 2017) over a target whose params are all
+    task-specific (``FunctionalTarget(net, generate="all")``).
+
+    Arguments:
+        target: the network; its initial values become the meta-learned initialisation.
+        kind: regression or classification.
+        inner_lr: inner SGD step size (alpha).
+        inner_steps: inner steps during meta-training.
+        test_inner_steps: inner steps at evaluation (``predict``).
+        first_order: drop second-order terms (FOMAML).
+    """
+
+    def __init__(self, target: FunctionalTarget, kind: TaskKind, *, inner_lr: float = 0.01,
+                 inner_steps: int = 1, test_inner_steps: int = 10,
+                 first_order: bool = False) -> None:
+        super().__init__()
+        self.target, self.kind = target, kind
+        self.inner_lr, self.inner_steps = inner_lr, inner_steps
+        self.test_inner_steps, self.first_order = test_inner_steps, first_order
+        spec = target.spec
+        self.init = nn.Parameter(spec.flatten(target.initial_params()).detach().clone())
+
+    def initial(self, num_tasks: int) -> Params:
+        """The meta-learned initialisation, broadcast to ``num_tasks`` (no copy)."""
+        return self.target.spec.unflatten(self.init.expand(num_tasks, -1))
+
+    def adapted(self, episode: Episode, steps: int, *, training: bool) -> Params:
+        return adapt(self.target, self.initial(episode.num_tasks), episode, self.kind,
+                     steps=steps, lr=self.inner_lr,
+                     create_graph=training and not self.first_order)
+
+    def forward(self, episode: Episode) -> Tensor:
+        params = self.adapted(episode, self.inner_steps, training=True)
+        out: Tensor = self.target(params, episode.query_x)
+        return out
+
+    def predict(self, episode: Episode) -> Tensor:
+        params = self.adapted(episode, self.test_inner_steps, training=False)
+        with torch.no_grad():
+            out: Tensor = self.target(params, episode.query_x)
+        return out
+
+
+class ProtoNet(nn.Module):
+    """Prototypical networks (Snell et al. 2017): class means of embedded support examples;
+    logits are negative squared Euclidean distances to each prototype.
+
+    Arguments:
+        embedding: any module ``[N, ...] -> [N, D]`` (e.g. the conv-4 feature extractor).
+        ways: classes per episode.
+    """
+
+    def __init__(self, embedding: nn.Module, ways: int) -> None:
+        super().__init__()
+        self.embedding, self.ways = embedding, ways
+
+    def forward(self, episode: Episode) -> Tensor:
+        x_s, x_q = episode.support_x, episode.query_x
+        num_tasks, shots, queries = x_s.shape[0], x_s.shape[1], x_q.shape[1]
+        both = torch.cat([x_s.flatten(0, 1), x_q.flatten(0, 1)])
+        emb = self.embedding(both).flatten(1)
+        support = emb[: num_tasks * shots].reshape(num_tasks, shots, -1)  # (T, S, D)
+        query = emb[num_tasks * shots:].reshape(num_tasks, queries, -1)  # (T, Q, D)
+        onehot = F.one_hot(episode.support_y.long(), self.ways).to(emb.dtype)  # (T, S, N)
+        counts = onehot.sum(1).clamp_min(1.0)[..., None]  # (T, N, 1)
+        prototypes = onehot.transpose(1, 2) @ support / counts  # (T, N, D)
+        return -torch.cdist(query, prototypes) ** 2  # (T, Q, N) logits
+
+    def predict(self, episode: Episode) -> Tensor:
+        with torch.no_grad():
+            out: Tensor = self(episode)
+        return out
+
+
+class Scratch(nn.Module):
+    """No meta-learning: each task trains the target from one fixed initialisation on its
+    support set with Adam (``steps`` steps, ``lr``), all tasks batched. Nothing is meta-trained.
+    """
+
+    def __init__(self, target: FunctionalTarget, kind: TaskKind, *, steps: int = 100,
+                 lr: float = 0.01) -> None:
+        super().__init__()
+        self.target, self.kind, self.steps, self.lr = target, kind, steps, lr
+        self.register_buffer("start", target.spec.flatten(target.initial_params()).detach())
+
+    def forward(self, episode: Episode) -> Tensor:
+        return self.predict(episode)
+
+    def predict(self, episode: Episode) -> Tensor:
+        start = self.get_buffer("start")  # (P,) the same fixed start for every task
+        flat = start.expand(episode.num_tasks, -1).clone().requires_grad_(True)  # (T, P)
+        optimizer = torch.optim.Adam([flat], lr=self.lr)  # element-wise: tasks independent
+        with torch.enable_grad():
+            for _ in range(self.steps):
+                params = self.target.spec.unflatten(flat)
+                loss = per_task_loss(self.target(params, episode.support_x),
+                                     episode.support_y, self.kind).sum()
+                optimizer.zero_grad(set_to_none=True)
+                torch.autograd.backward(loss)
+                optimizer.step()
+        with torch.no_grad():
+            out: Tensor = self.target(self.target.spec.unflatten(flat), episode.query_x)
+        return out

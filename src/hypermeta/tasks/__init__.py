@@ -1,0 +1,26 @@
+"""Task families and the registry ``name -> TaskSource`` (with its train/val/test splits)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypermeta.tasks.arrays import LabeledArrayTasks
+from hypermeta.tasks.base import SPLITS, FunctionTasks, Split, TaskSource, split_seed
+from hypermeta.tasks.linear import LinearTasks
+from hypermeta.tasks.sinusoid import SinusoidTasks
+
+TASKS: dict[str, type[TaskSource]] = {"sinusoid": SinusoidTasks, "linear": LinearTasks}
+
+
+def get_tasks(name: str, **kwargs: Any) -> TaskSource:
+    """Build a registered task family, e.g. ``get_tasks("sinusoid", shots=5)``."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task family {name!r}; registered: {sorted(TASKS)}")
+    try:
+        return TASKS[name](**kwargs)
+    except TypeError as err:
+        raise TypeError(f"bad arguments for task family {name!r}: {err}") from None
+
+
+__all__ = ["SPLITS", "TASKS", "FunctionTasks", "LabeledArrayTasks", "LinearTasks",
+           "SinusoidTasks", "Split", "TaskSource", "get_tasks", "split_seed"]

@@ -1,0 +1,124 @@
+"""What every task source provides: train/val/test splits, seeded sampling, fixed eval sets."""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from hypermeta.encoders import stable_hash
+from hypermeta.episodes import Episode
+
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
+
+
+def split_seed(family: str, split: str) -> int:
+    """The documented seed of a fixed evaluation set: a stable hash of ``"family/split"``.
+
+    Independent of any training seed, so evaluation tasks never depend on how a run was seeded.
+    """
+    return stable_hash(f"{family}/{split}") % (2**63)
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+
+
+class TaskSource(abc.ABC):
+    """A task family with ``train`` / ``val`` / ``test`` splits.
+
+    ``sample`` draws random tasks of a split with an explicit generator (meta-training);
+    ``fixed_tasks`` returns the split's fixed evaluation set (same every call and process).
+    """
+
+    name: str
+    task_kind: Literal["regression", "classification"]
+    x_shape: tuple[int, ...]
+    out_dim: int  # regression target width, or the number of ways for classification
+    shots: int
+    queries: int
+    default_eval_tasks: dict[str, int] = {"val": 200, "test": 1000}
+
+    @abc.abstractmethod
+    def sample(self, split: Split, num_tasks: int, generator: torch.Generator) -> Episode:
+        """``num_tasks`` random tasks of ``split`` (deterministic given the generator state)."""
+
+    def fixed_tasks(self, split: Split, count: int | None = None) -> Episode:
+        """The fixed evaluation tasks of ``split`` (``val``: 200, ``test``: 1000 by default)."""
+        check_split(split)
+        if split == "train":
+            raise ValueError("fixed_tasks is for 'val' and 'test'; sample 'train' tasks instead")
+        count = self.default_eval_tasks[split] if count is None else count
+        if count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
+        generator = torch.Generator().manual_seed(split_seed(self.name, split))
+        return self._fixed(split, count, generator)
+
+    def _fixed(self, split: Split, count: int, generator: torch.Generator) -> Episode:
+        return self.sample(split, count, generator)
+
+    def config(self) -> dict[str, object]:
+        """The JSON-able arguments that rebuild this source via ``get_tasks``."""
+        return {"name": self.name, "shots": self.shots, "queries": self.queries}
+
+
+class FunctionTasks(TaskSource):
+    """Continuous regression families ``y = f_theta(x) (+ noise)``, theta drawn per task.
+
+    Train tasks are fresh draws; val/test are fixed seeded sets of tasks with
+    ``eval_queries`` query points each. The descriptor of each task is its true theta.
+    """
+
+    task_kind = "regression"
+    x_shape = (1,)
+    out_dim = 1
+
+    def __init__(self, *, shots: int, queries: int = 10, eval_queries: int = 100,
+                 x_range: tuple[float, float] = (-5.0, 5.0), noise: float = 0.0) -> None:
+        if shots < 1 or queries < 1 or eval_queries < 1:
+            raise ValueError(f"shots, queries and eval_queries must be >= 1; got {shots}, "
+                             f"{queries}, {eval_queries}")
+        self.shots, self.queries, self.eval_queries = shots, queries, eval_queries
+        self.x_range, self.noise = x_range, noise
+
+    @abc.abstractmethod
+    def draw_theta(self, num_tasks: int, generator: torch.Generator) -> Tensor:
+        """``[T, D]`` task parameters."""
+
+    @abc.abstractmethod
+    def function(self, theta: Tensor, x: Tensor) -> Tensor:
+        """``theta [T, D]``, ``x [T, N, 1]`` -> ``y [T, N, 1]`` (noise-free)."""
+
+    def _draw(self, num_tasks: int, queries: int, generator: torch.Generator) -> Episode:
+        theta = self.draw_theta(num_tasks, generator)
+        low, high = self.x_range
+        x = low + (high - low) * torch.rand(num_tasks, self.shots + queries, 1,
+                                            generator=generator)
+        y = self.function(theta, x)
+        if self.noise:
+            y = y + self.noise * torch.randn(y.shape, generator=generator)
+        return Episode(x[:, : self.shots], y[:, : self.shots], x[:, self.shots:],
+                       y[:, self.shots:], descriptor=theta)
+
+    def sample(self, split: Split, num_tasks: int, generator: torch.Generator) -> Episode:
+        check_split(split)  # every split of a continuous family draws from the same prior
+        return self._draw(num_tasks, self.queries, generator)
+
+    def _fixed(self, split: Split, count: int, generator: torch.Generator) -> Episode:
+        return self._draw(count, self.eval_queries, generator)
+
+    def config(self) -> dict[str, object]:
+        return {**super().config(), "eval_queries": self.eval_queries,
+                "x_range": list(self.x_range), "noise": self.noise}
+
+
+def uniform(low: float, high: float, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    return low + (high - low) * torch.rand(shape, generator=generator)
+
+
+PI = math.pi
