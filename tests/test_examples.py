@@ -26,3 +26,58 @@ def test_cli_version():
     out = subprocess.run([sys.executable, "-m", "hypermeta", "--version"], capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == "hypermeta 0.1.0"
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "hypermeta", *args], capture_output=True,
+                          text=True, cwd=cwd)
+
+
+def test_cli_train_eval_generate_end_to_end(tmp_path):
+    import json
+
+    import numpy as np
+    from safetensors import safe_open
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "method: hypernet\ntasks: {name: sinusoid, shots: 5}\n"
+        "target: {name: mlp, in_dim: 1, out_dim: 1, hidden: [8]}\n"
+        "encoder: {kind: set, dim: 8, hidden: 16}\nhypernet: {hidden: [16]}\n"
+        "train: {steps: 6, meta_batch: 4, val_every: 3, val_tasks: 10}\n")
+    run = tmp_path / "run"
+    out = run_cli("train", str(config), "--out", str(run), "--set", "train.steps=8",
+                  "--no-progress")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["steps_done"] == 8
+    assert {"config.json", "best.safetensors", "last.safetensors", "metrics.jsonl"} <= {
+        p.name for p in run.iterdir()}
+    out = run_cli("eval", str(run), "--tasks", "20")
+    assert out.returncode == 0 and out.stdout.startswith("mse "), out.stderr
+    assert json.loads((run / "eval-test-best.json").read_text())["tasks"] == 20
+    np.savez(tmp_path / "support.npz", x=np.linspace(-4, 4, 5)[:, None],
+             y=np.sin(np.linspace(-4, 4, 5)))
+    out = run_cli("generate", str(run), "--support", str(tmp_path / "support.npz"), "--out",
+                  str(tmp_path / "task.safetensors"))
+    assert out.returncode == 0, out.stderr
+    with safe_open(str(tmp_path / "task.safetensors"), "pt") as handle:
+        assert json.loads(handle.metadata()["architecture"])["hidden"] == [8]
+        assert set(handle.keys()) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "/nonexistent/run"], "does not exist"),
+    (["train", "/nonexistent.yaml"], "does not exist"),
+    (["generate", "/nonexistent/run", "--out", "x.safetensors"], "exactly one of"),
+])
+def test_cli_bad_input_is_one_line_and_nonzero(args, message):
+    out = run_cli(*args)
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_every_command_has_help():
+    for command in ("train", "eval", "generate", "networks"):
+        out = run_cli(command, "--help")
+        assert out.returncode == 0 and "Usage" in out.stdout

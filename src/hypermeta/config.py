@@ -62,6 +62,7 @@ class TrainConfig(_Strict):
     val_every: int = Field(500, ge=1)
     val_tasks: int = Field(200, ge=1)
     patience: int | None = Field(None, ge=1, description="validations without improvement")
+    min_delta: float = Field(0.0, ge=0, description="smallest change that counts as better")
     pretrain_steps: int = Field(0, ge=0, description="pre-train the target on pooled tasks")
     log_every: int = Field(10, ge=1)
 

@@ -175,9 +175,10 @@ def fit(config: RunConfig, run_dir: str | Path, *, target: nn.Module | None = No
                                           "val_ci95": result["ci95"]}) + "\n")
                 if writer is not None:
                     writer.add_scalar("val/metric", result["mean"], step)
+                delta = config.train.min_delta
                 improved = state["best_val"] is None or (
-                    result["mean"] > state["best_val"] if better
-                    else result["mean"] < state["best_val"])
+                    result["mean"] > state["best_val"] + delta if better
+                    else result["mean"] < state["best_val"] - delta)
                 if improved:
                     state.update(best_val=result["mean"], best_step=step, bad_evals=0)
                 else:

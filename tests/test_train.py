@@ -1,0 +1,152 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hypermeta import HyperModel
+from hypermeta.checkpoint import CheckpointError, load_checkpoint
+from hypermeta.config import ConfigError, RunConfig
+from hypermeta.train import fit
+
+
+def sinusoid_config(method="hypernet", steps=40, **train):
+    return RunConfig.from_dict({
+        "method": method, "seed": 1,
+        "tasks": {"name": "sinusoid", "shots": 5, "queries": 5},
+        "target": {"name": "mlp", "in_dim": 1, "out_dim": 1, "hidden": [16, 16]},
+        "encoder": {"kind": "set", "dim": 16, "hidden": 32},
+        "hypernet": {"hidden": [32]},
+        "train": {"steps": steps, "meta_batch": 8, "val_every": 20, "val_tasks": 20,
+                  "log_every": 1, "lr": 3e-3, **train},
+        "scratch": {"steps": 5},
+        "maml": {"test_inner_steps": 2},
+    })
+
+
+def losses(run_dir):
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [x["loss"] for x in lines if "loss" in x]
+
+
+def test_resume_continues_exactly(tmp_path):
+    config = sinusoid_config(steps=40)
+    whole = fit(config, tmp_path / "whole", progress=False)
+    first = fit(config, tmp_path / "parts", progress=False, max_steps=25)
+    assert first.steps_done == 25 and not first.complete
+    second = fit(config, tmp_path / "parts", progress=False)
+    assert second.steps_done == 40 and second.complete
+    assert losses(tmp_path / "parts") == losses(tmp_path / "whole")
+    assert second.content_id == whole.content_id
+
+
+def test_a_different_config_in_the_same_folder_is_refused(tmp_path):
+    fit(sinusoid_config(steps=2), tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="different config"):
+        fit(sinusoid_config(steps=3), tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize("method", ["hypernet", "maml", "fomaml"])
+def test_smoke_training_lowers_the_loss(tmp_path, method):
+    config = sinusoid_config(method, steps=300, val_every=300, lr=1e-2)
+    fit(config, tmp_path / method, progress=False)
+    values = losses(tmp_path / method)
+    assert np.mean(values[-30:]) < 0.85 * np.mean(values[:30]), (values[:5], values[-5:])
+
+
+def test_scratch_has_nothing_to_meta_train_but_evaluates(tmp_path):
+    from hypermeta.build import load_learner
+    from hypermeta.evaluate import evaluate
+
+    result = fit(sinusoid_config("scratch"), tmp_path / "s", progress=False)
+    assert result.steps_done == 0 and result.complete
+    learner, _, tasks, _ = load_learner(tmp_path / "s")
+    test = tasks.fixed_tasks("test", 20)
+    trained = evaluate(learner.predict, test, "regression")["mean"]
+    learner.steps = 0  # no training at all is worse than 5 Adam steps on the support set
+    assert trained < evaluate(learner.predict, test, "regression")["mean"]
+
+
+def test_protonet_training_on_blobs_beats_chance(tmp_path, monkeypatch):
+    from hypermeta import build
+    from hypermeta.evaluate import evaluate
+    from hypermeta.tasks import LabeledArrayTasks
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(40, 8)) * 2
+    x = np.repeat(centers, 10, axis=0) + rng.normal(size=(400, 8))
+    tasks = LabeledArrayTasks(x, np.repeat(np.arange(40), 10), ways=5, shots=1, queries=4,
+                              fractions=(0.5, 0.25, 0.25))
+    monkeypatch.setattr(build, "build_tasks", lambda config: tasks)
+    monkeypatch.setattr("hypermeta.train.build_tasks", lambda config: tasks)
+    config = RunConfig.from_dict({
+        "method": "protonet", "target": {"name": "mlp", "in_dim": 8, "out_dim": 16,
+                                         "hidden": [32]},
+        "train": {"steps": 60, "meta_batch": 4, "val_every": 30, "val_tasks": 50}})
+    fit(config, tmp_path / "p", progress=False)
+    learner, _, _, _ = build.load_learner(tmp_path / "p")
+    accuracy = evaluate(learner.predict, tasks.fixed_tasks("test", 100), "classification")
+    assert accuracy["mean"] > 0.5  # chance is 0.2
+
+
+def test_early_stopping_keeps_the_best_checkpoint(tmp_path):
+    # a vanishing learning rate: nothing improves by min_delta after the first validation
+    config = sinusoid_config(steps=200, val_every=10, patience=2, lr=1e-12, min_delta=1e-3)
+    result = fit(config, tmp_path / "run", progress=False)
+    assert result.stopped_early and result.complete and result.steps_done == 30
+    assert result.best_step == 10
+    _, _, meta = load_checkpoint(tmp_path / "run" / "best.safetensors")
+    assert meta["state"]["trainer"]["best_step"] == result.best_step
+
+
+def test_truncated_or_corrupted_checkpoint_gives_a_clear_error(tmp_path):
+    fit(sinusoid_config(steps=2), tmp_path / "run", progress=False)
+    path = tmp_path / "run" / "last.safetensors"
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        load_checkpoint(tmp_path / "cut.safetensors")
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8: 8 + header_len])
+    start, _ = header["model/hypernet.head.weight"]["data_offsets"]
+    flipped = bytearray(data)
+    flipped[8 + header_len + start + 3] ^= 0xFF  # one byte of a model weight
+    (tmp_path / "flip.safetensors").write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="content id"):
+        load_checkpoint(tmp_path / "flip.safetensors")
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    config = sinusoid_config(steps=20)
+    fit(config, tmp_path / "run", progress=False, max_steps=10)
+    path = tmp_path / "run" / "last.safetensors"
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        fit(config, tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+    assert fit(config, tmp_path / "run", progress=False).steps_done == 20
+
+
+def test_hypermodel_load_rebuilds_builtin_and_custom_targets(tmp_path):
+    config = sinusoid_config(steps=2)
+    fit(config, tmp_path / "run", progress=False)
+    model = HyperModel.load(tmp_path / "run")
+    assert isinstance(model, HyperModel)
+    custom = config.model_copy(update={"target": {"name": "custom"}})
+    net = nn.Sequential(nn.Linear(1, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                        nn.Linear(16, 1))
+    fit(custom, tmp_path / "custom", progress=False, target=net)
+    with pytest.raises(ConfigError, match="pass it as target="):
+        HyperModel.load(tmp_path / "custom")
+    loaded = HyperModel.load(tmp_path / "custom", target=net)
+    weights, _, _ = load_checkpoint(tmp_path / "custom" / "best.safetensors")
+    assert all(torch.equal(weights[k], v) for k, v in loaded.state_dict().items())
