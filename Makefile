@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/linear_tasks.py
+	$(BIN)/python examples/sinusoid_demo.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -16,9 +16,9 @@ def test_sinusoid_follows_the_maml_protocol():
     tasks = SinusoidTasks(shots=5)
     ep = tasks.sample("train", 2000, torch.Generator().manual_seed(0))
     amplitude, phase = ep.descriptor[:, 0], ep.descriptor[:, 1]
-    assert 0.1 <= amplitude.min() and amplitude.max() <= 5.0
-    assert 0 <= phase.min() and phase.max() <= torch.pi
-    assert -5 <= ep.support_x.min() and ep.support_x.max() <= 5
+    assert amplitude.min() >= 0.1 and amplitude.max() <= 5.0
+    assert phase.min() >= 0 and phase.max() <= torch.pi
+    assert ep.support_x.min() >= -5 and ep.support_x.max() <= 5
     expected = amplitude[:, None, None] * torch.sin(ep.query_x - phase[:, None, None])
     torch.testing.assert_close(ep.query_y, expected)
     assert ep.support_x.shape == (2000, 5, 1) and ep.query_x.shape == (2000, 10, 1)

@@ -41,7 +41,13 @@ class Episode:
         return int(self.query_x.shape[0])
 
     def to(self, device: torch.device | str) -> Episode:
-        """A copy with every tensor on ``device`` (strings stay as they are)."""
+        """A copy with every tensor on ``device`` (strings stay as they are); self when every
+        tensor is there already."""
+        device = torch.device(device)
+        if all(v.device == device for v in (self.support_x, self.support_y, self.query_x,
+                                              self.query_y, self.descriptor, self.support_mask)
+               if isinstance(v, Tensor)):
+            return self
         moved = {
             f.name: (v.to(device) if isinstance(v, Tensor) else v)
             for f in fields(self)

@@ -239,6 +239,8 @@ class FunctionalTarget(nn.Module):
         Returns ``[T, N, ...]``, the output of each task's network on its own inputs.
         """
         self.check(params, x)
+        if x.shape[0] == 1:  # one task (serving, adaptation latency): vmap would only add cost
+            return self._call_one({n: p[0] for n, p in params.items()}, x[0])[None]
         if self._use_vmap:
             try:
                 return vmap(self._call_one, randomness="different")(params, x)
