@@ -16,25 +16,8 @@ import time
 import torch
 from torch import Tensor, nn
 
-from hypermeta import (
-    Episode,
-    FeatureEncoder,
-    FunctionalTarget,
-    HyperModel,
-    MLPHyperNet,
-    SetEncoder,
-)
-
-NOISE = 0.1
-
-
-def sample_tasks(num_tasks: int, shots: int, queries: int, generator: torch.Generator) -> Episode:
-    """``num_tasks`` linear tasks; the descriptor holds the true (a, b) of each."""
-    ab = torch.rand(num_tasks, 2, generator=generator) * 4 - 2  # (T, 2)
-    x = torch.rand(num_tasks, shots + queries, 1, generator=generator) * 2 - 1
-    y = ab[:, None, :1] * x + ab[:, None, 1:]
-    y = y + NOISE * torch.randn(y.shape, generator=generator)
-    return Episode(x[:, :shots], y[:, :shots], x[:, shots:], y[:, shots:], descriptor=ab)
+from hypermeta import Episode, FeatureEncoder, FunctionalTarget, HyperModel, MLPHyperNet, SetEncoder
+from hypermeta.tasks import LinearTasks
 
 
 def least_squares_mse(episode: Episode) -> Tensor:
@@ -62,15 +45,16 @@ def run(descriptor: str = "support", *, steps: int = 8000, meta_batch: int = 64,
         raise ValueError(f"descriptor must be 'support' or 'features', got {descriptor!r}")
     torch.manual_seed(seed)
     model = build(descriptor)
+    tasks = LinearTasks(shots=shots, queries=20, eval_queries=100, noise=0.1)
     train_gen = torch.Generator().manual_seed(seed)
-    test = sample_tasks(test_tasks, shots, 100, torch.Generator().manual_seed(10_000 + seed))
+    test = tasks.fixed_tasks("test", test_tasks)  # fixed seed, independent of training
     if isinstance(model.encoder, FeatureEncoder):
-        model.encoder.fit(sample_tasks(1000, 1, 1, train_gen).descriptor)  # type: ignore[arg-type]
+        model.encoder.fit(tasks.sample("train", 1000, train_gen).descriptor)  # type: ignore[arg-type]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     start = time.perf_counter()
     for _ in range(steps):
-        episode = sample_tasks(meta_batch, shots, 20, train_gen)
+        episode = tasks.sample("train", meta_batch, train_gen)
         loss = ((model(episode) - episode.query_y) ** 2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -59,6 +59,8 @@ def test_batched_equals_per_task_loop_and_materialize(name):
         torch.testing.assert_close(batched[i], single, rtol=0, atol=1e-12)
         standalone = target.materialize(task(params, i))
         torch.testing.assert_close(standalone(x[i]), batched[i], rtol=0, atol=1e-12)
+        one = {n: p[i:i + 1] for n, p in params.items()}  # T = 1 takes the no-vmap path
+        torch.testing.assert_close(target(one, x[i:i + 1])[0], batched[i], rtol=0, atol=1e-12)
 
 
 def test_generate_selection_by_glob_type_and_mixed():

@@ -18,6 +18,7 @@ import hypermeta
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Meta-learning with hypernetworks (see `hypermeta COMMAND --help`).")
 _state = {"debug": False}
+Which = Annotated[str, typer.Option(help="Checkpoint: best or last.")]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -88,7 +89,7 @@ def eval_(
                                               "family's fixed test set).")] = None,
     finetune_steps: Annotated[int | None, typer.Option(help="Fine-tuning steps of generated "
                                                        "networks (hypernet runs).")] = None,
-    which: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
+    which: Which = "best",
     split: Annotated[str, typer.Option(help="test or val.")] = "test",
 ) -> None:
     """Evaluate on the fixed test tasks: mean ± 95% CI, written to RUN_DIR/eval-*.json."""
@@ -138,7 +139,7 @@ def generate(
                                                  "or [S, out] (one task's support set).")] = None,
     descriptor: Annotated[str | None, typer.Option(help="Task id, comma-separated feature "
                                                    "vector, label or text.")] = None,
-    which: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
+    which: Which = "best",
 ) -> None:
     """Generate one task's standalone network (weights + architecture JSON in its metadata)."""
     import safetensors.torch

@@ -67,6 +67,14 @@ class TaskEmbedding(_Encoder):
         return out
 
 
+def _string_problems(episode: Episode, what: str, encoder: str) -> list[str]:
+    d = episode.descriptor
+    if not isinstance(d, (list, tuple)) or not all(isinstance(s, str) for s in d):
+        return [f"descriptor must be a list of T {what} strings for {encoder}; got "
+                f"{type(d).__name__}"]
+    return []
+
+
 def stable_hash(text: str, salt: int = 0) -> int:
     """A 64-bit hash of ``text`` that is the same in every process (unlike salted ``hash()``)."""
     digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8, salt=salt.to_bytes(8, "little"))
@@ -92,11 +100,7 @@ class HashedLabelEncoder(_Encoder):
                               for k in range(self.num_hashes)] for s in labels])
 
     def problems(self, episode: Episode) -> list[str]:
-        d = episode.descriptor
-        if not isinstance(d, (list, tuple)) or not all(isinstance(s, str) for s in d):
-            return [f"descriptor must be a list of T label strings for HashedLabelEncoder; got "
-                    f"{type(d).__name__}"]
-        return []
+        return _string_problems(episode, "label", "HashedLabelEncoder")
 
     def forward(self, episode: Episode) -> Tensor:
         labels = episode.descriptor
@@ -198,11 +202,7 @@ class TextEncoder(_Encoder):
         return torch.stack([self._cache[t] for t in texts])
 
     def problems(self, episode: Episode) -> list[str]:
-        d = episode.descriptor
-        if not isinstance(d, (list, tuple)) or not all(isinstance(s, str) for s in d):
-            return [f"descriptor must be a list of T text strings for TextEncoder; got "
-                    f"{type(d).__name__}"]
-        return []
+        return _string_problems(episode, "text", "TextEncoder")
 
     def forward(self, episode: Episode) -> Tensor:
         texts = episode.descriptor
