@@ -54,7 +54,12 @@ def test_cli_train_eval_generate_end_to_end(tmp_path):
         p.name for p in run.iterdir()}
     out = run_cli("eval", str(run), "--tasks", "20")
     assert out.returncode == 0 and out.stdout.startswith("mse "), out.stderr
-    assert json.loads((run / "eval-test-best.json").read_text())["tasks"] == 20
+    assert json.loads((run / "eval-test-best.json").read_text())["result"]["tasks"] == 20
+    out = run_cli("eval", str(run), "--tasks", "20", "--finetune-steps", "3")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("generated mse ") and "finetuned mse " in out.stdout
+    report = json.loads((run / "eval-test-best-ft3.json").read_text())
+    assert report["finetune_steps"] == 3 and report["finetuned"]["tasks"] == 20
     np.savez(tmp_path / "support.npz", x=np.linspace(-4, 4, 5)[:, None],
              y=np.sin(np.linspace(-4, 4, 5)))
     out = run_cli("generate", str(run), "--support", str(tmp_path / "support.npz"), "--out",

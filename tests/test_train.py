@@ -91,6 +91,15 @@ def test_protonet_training_on_blobs_beats_chance(tmp_path, monkeypatch):
     assert accuracy["mean"] > 0.5  # chance is 0.2
 
 
+def test_pretraining_gives_a_better_start(tmp_path):
+    plain = fit(sinusoid_config(steps=5, val_every=5), tmp_path / "plain", progress=False)
+    pre = fit(sinusoid_config(steps=5, val_every=5, pretrain_steps=200), tmp_path / "pre",
+              progress=False)
+    assert pre.best_val < plain.best_val
+    with pytest.raises(ConfigError, match="pre-training applies to hypernet and MAML"):
+        fit(sinusoid_config("scratch", pretrain_steps=5), tmp_path / "s", progress=False)
+
+
 def test_early_stopping_keeps_the_best_checkpoint(tmp_path):
     # a vanishing learning rate: nothing improves by min_delta after the first validation
     config = sinusoid_config(steps=200, val_every=10, patience=2, lr=1e-12, min_delta=1e-3)

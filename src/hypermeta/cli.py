@@ -102,19 +102,26 @@ def eval_(
         raise ValueError(f"--split must be 'test' or 'val', got {split!r}")
     learner, config, source, cid = load_learner(run_dir, which=which)
     episodes = source.fixed_tasks(split, tasks or config.eval.tasks)  # type: ignore[arg-type]
-    predict = predictor(learner)
-    if finetune_steps is not None:
-        if not isinstance(learner, HyperModel):
-            raise ValueError("--finetune-steps applies to hypernet runs only")
-        predict = functools.partial(learner.predict, finetune_steps=finetune_steps)
-    result = evaluate(predict, episodes, source.task_kind, batch=config.eval.batch)
+    if finetune_steps is not None and not isinstance(learner, HyperModel):
+        raise ValueError("--finetune-steps applies to hypernet runs only")
     metric = "accuracy" if source.task_kind == "classification" else "mse"
-    payload = {"run_dir": str(run_dir), "checkpoint": which, "content_id": cid, "split": split,
-               "metric": metric, "finetune_steps": finetune_steps, **result}
+    steps = learner.finetune_steps if isinstance(learner, HyperModel) else 0
+    steps = steps if finetune_steps is None else finetune_steps
+    # a hypernet with fine-tuning is reported before and after it
+    variants = {"generated": 0, "finetuned": steps} if steps else {"": None}
+    payload: dict[str, Any] = {"run_dir": str(run_dir), "checkpoint": which, "content_id": cid,
+                               "split": split, "metric": metric, "finetune_steps": steps}
+    for name, variant_steps in variants.items():
+        predict = predictor(learner)
+        if variant_steps is not None:
+            predict = functools.partial(learner.predict, finetune_steps=variant_steps)
+        result = evaluate(predict, episodes, source.task_kind, batch=config.eval.batch)
+        payload[name or "result"] = result
+        label = f"{name} " if name else ""
+        typer.echo(f"{label}{metric} {result['mean']:.4f} ± {result['ci95']:.4f} (95% CI, "
+                   f"{result['tasks']} {split} tasks)")
     suffix = "" if finetune_steps is None else f"-ft{finetune_steps}"
     atomic_write_json(Path(run_dir) / f"eval-{split}-{which}{suffix}.json", payload)
-    typer.echo(f"{metric} {result['mean']:.4f} ± {result['ci95']:.4f} (95% CI, "
-               f"{result['tasks']} {split} tasks)")
 
 
 def _descriptor(text: str, kind: str) -> torch.Tensor | list[str]:
