@@ -114,7 +114,8 @@ def eval_(
     for name, variant_steps in variants.items():
         predict = predictor(learner)
         if variant_steps is not None:
-            predict = functools.partial(predict, finetune_steps=variant_steps)
+            assert isinstance(learner, HyperModel)
+            predict = functools.partial(learner.predict, finetune_steps=variant_steps)
         result = evaluate(predict, episodes, source.task_kind, batch=config.eval.batch)
         payload[name or "result"] = result
         label = f"{name} " if name else ""
