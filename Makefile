@@ -6,6 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench clean
 
+# Benchmark data is never committed: use ../shared/data when it exists, unless already set.
+ifeq ($(HYPERMETA_DATA),)
+ifneq ($(wildcard ../shared/data/omniglot/omniglot.npz),)
+export HYPERMETA_DATA := $(abspath ../shared/data)
+endif
+endif
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip

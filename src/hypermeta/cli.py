@@ -192,6 +192,31 @@ def generate(
                f"architecture {config.target.get('name')})")
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Build datasets from their original release.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("prepare")
+@_friendly
+def data_prepare(
+    dataset: Annotated[str, typer.Argument(help="Dataset name: omniglot.")],
+    source: Annotated[Path, typer.Argument(help="Folder with the original release "
+                                           "(images_background/ and images_evaluation/, "
+                                           "extracted or as zips).")],
+    out: Annotated[Path, typer.Argument(help="Output .npz path.")],
+    size: Annotated[int, typer.Option(help="28 (omniglot.npz) or 105 (omniglot105.npz).")] = 28,
+) -> None:
+    """Build a dataset's npz from its original files (the same arrays as the shipped ones)."""
+    from hypermeta.tasks.omniglot import prepare_omniglot
+
+    if dataset != "omniglot":
+        raise ValueError(f"unknown dataset {dataset!r}; supported: omniglot")
+    if size not in (28, 105):
+        raise ValueError(f"--size must be 28 or 105, got {size}")
+    path = prepare_omniglot(source, out, size=size)  # type: ignore[arg-type]
+    typer.echo(f"wrote {path}")
+
+
 @app.command()
 def networks() -> None:
     """List the built-in target networks and an example config of each."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +20,8 @@ class LabeledArrayTasks(TaskSource):
     relabels the classes ``0..ways-1`` in random order.
 
     Arguments:
-        x: inputs, one row per example (numpy or torch; converted to float32).
+        x: inputs, one row per example (numpy or torch). Kept in its dtype (uint8 images stay
+            compact); each sampled episode is converted to float32 and multiplied by ``x_scale``.
         y: integer class of each row.
         ways, shots, queries: N, K and the query examples per class.
         classes: explicit ``{"train": [...], "val": [...], "test": [...]}`` class lists, or None
@@ -28,6 +29,10 @@ class LabeledArrayTasks(TaskSource):
         fractions: train/val/test shares of the classes when ``classes`` is None.
         seed: seed of that class permutation.
         name: family name (it also seeds the fixed evaluation episodes).
+        x_scale: factor applied to sampled inputs (e.g. 1/255 for uint8 images).
+
+    A split may be empty (e.g. no validation classes when training on train+val); sampling from
+    it is then an error.
     """
 
     task_kind = "classification"
@@ -35,16 +40,17 @@ class LabeledArrayTasks(TaskSource):
 
     def __init__(self, x: np.ndarray | Tensor, y: np.ndarray | Tensor, *, ways: int = 5,
                  shots: int = 1, queries: int = 15,
-                 classes: dict[str, Sequence[int]] | None = None,
+                 classes: Mapping[str, Sequence[int]] | None = None,
                  fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), seed: int = 0,
-                 name: str = "arrays") -> None:
-        x_t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x).float()
+                 name: str = "arrays", x_scale: float = 1.0) -> None:
+        x_t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
         y_t = torch.as_tensor(np.asarray(y) if not isinstance(y, Tensor) else y)
         if y_t.dim() != 1 or y_t.is_floating_point() or y_t.shape[0] != x_t.shape[0]:
             raise ValueError(f"y must be integer labels of shape [N] = [{x_t.shape[0]}]; got "
                              f"{list(y_t.shape)} {y_t.dtype}")
-        if not bool(torch.isfinite(x_t).all()):
+        if x_t.is_floating_point() and not bool(torch.isfinite(x_t).all()):
             raise ValueError("x contains NaN or Inf")
+        self.x_scale = x_scale
         if min(ways, shots, queries) < 1:
             raise ValueError(f"ways, shots and queries must be >= 1; got {ways}, {shots}, "
                              f"{queries}")
@@ -66,7 +72,7 @@ class LabeledArrayTasks(TaskSource):
             unknown = sorted(set(members) - set(all_classes))
             if unknown:
                 problems.append(f"{split} names classes absent from y: {unknown[:10]}")
-            elif len(members) < ways:
+            elif 0 < len(members) < ways or (split == "train" and not members):
                 problems.append(f"{split} has {len(members)} classes, fewer than ways={ways}")
             else:
                 small = [c for c in members if len(self._rows[c]) < shots + queries]
@@ -97,6 +103,8 @@ class LabeledArrayTasks(TaskSource):
     def sample(self, split: Split, num_tasks: int, generator: torch.Generator) -> Episode:
         check_split(split)
         pool = self.classes[split]
+        if not pool:
+            raise ValueError(f"split {split!r} of {self.name} has no classes")
         per_class = self.shots + self.queries
         rows = torch.empty(num_tasks, self.ways, per_class, dtype=torch.long)
         for t in range(num_tasks):
@@ -111,7 +119,10 @@ class LabeledArrayTasks(TaskSource):
         query_rows = rows[:, :, self.shots:].reshape(num_tasks, -1)
         support_y = labels[:, :, : self.shots].reshape(num_tasks, -1)
         query_y = labels[:, :, self.shots:].reshape(num_tasks, -1)
-        return Episode(self.x[support_rows], support_y, self.x[query_rows], query_y)
+        def inputs(rows: Tensor) -> Tensor:
+            return self.x[rows].float() * self.x_scale
+
+        return Episode(inputs(support_rows), support_y, inputs(query_rows), query_y)
 
     def config(self) -> dict[str, object]:
         return {"name": self.name, "ways": self.ways, "shots": self.shots,

@@ -1,0 +1,212 @@
+"""Omniglot (Lake et al. 2015): loading the compact npz, the Vinyals et al. (2016) class splits
+with rotations, and building the npz from the original release (``prepare_omniglot``).
+
+The data is never downloaded: pass its folder (``data_dir``) or set ``HYPERMETA_DATA``. The folder
+may be the one holding ``omniglot/`` or ``omniglot/`` itself.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from hypermeta.tasks.arrays import LabeledArrayTasks
+
+NUM_IMAGES = 32_460
+NUM_CHARACTERS = 1623
+FILES = {28: "omniglot.npz", 105: "omniglot105.npz"}
+ARRAYS = ("images", "split", "alphabet", "character", "drawer", "char_id", "label", "path")
+RELEASE_SPLITS = ("images_background", "images_evaluation")
+
+
+def omniglot_dir(data_dir: str | Path | None = None) -> Path:
+    """The folder holding the Omniglot files, from ``data_dir`` or ``$HYPERMETA_DATA``."""
+    root = data_dir if data_dir is not None else os.environ.get("HYPERMETA_DATA")
+    if root is None:
+        raise FileNotFoundError("no Omniglot location: pass --data-dir (data_dir=) or set "
+                                "HYPERMETA_DATA to the folder that holds omniglot/")
+    root = Path(root)
+    for candidate in (root / "omniglot", root):
+        if (candidate / FILES[28]).is_file() or (candidate / FILES[105]).is_file():
+            return candidate
+    raise FileNotFoundError(f"{root} holds neither omniglot/{FILES[28]} nor {FILES[28]}; build "
+                            "it with `hypermeta data prepare omniglot SOURCE OUT.npz`")
+
+
+@dataclass(frozen=True)
+class OmniglotArrays:
+    """The arrays of one Omniglot npz (ink = 255, background = 0)."""
+
+    images: np.ndarray  # (N, S, S) uint8
+    alphabet: np.ndarray  # (N,) str
+    character: np.ndarray  # (N,) 1-based character number within the alphabet
+    label: np.ndarray  # (N,) 0..1622, 20 rows per class in drawer order
+
+
+def load_omniglot(data_dir: str | Path | None = None, *, size: Literal[28, 105] = 28,
+                  binarize: bool = False) -> OmniglotArrays:
+    """Load and check ``omniglot.npz`` (28x28 grey) or ``omniglot105.npz`` (original 105x105).
+
+    Arguments:
+        data_dir: see ``omniglot_dir``.
+        size: 28 (default, LANCZOS-resized grey levels) or 105 (the original binary images).
+        binarize: threshold at 128, giving the binary images of the MAML-era 28x28 releases
+            (ink 255, background 0; those releases resized the 1-bit images with
+            nearest-neighbour sampling, so this is close to, not identical with, them).
+    """
+    if size not in FILES:
+        raise ValueError(f"size must be 28 or 105, got {size!r}")
+    path = omniglot_dir(data_dir) / FILES[size]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise ValueError(f"{path} is not a readable npz file ({err})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} is not a readable npz file (a single array)")
+    with data:
+        missing = [k for k in ARRAYS if k not in data.files]
+        if missing:
+            raise ValueError(f"{path} lacks arrays {missing}")
+        try:
+            arrays = {k: data[k] for k in ("images", "alphabet", "character", "label")}
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+            raise ValueError(f"{path} is truncated or corrupted ({err})") from None
+    images, label = arrays["images"], arrays["label"]
+    problems = []
+    if images.dtype != np.uint8 or images.shape != (NUM_IMAGES, size, size):
+        problems.append(f"images must be uint8 of shape ({NUM_IMAGES}, {size}, {size}); got "
+                        f"{images.dtype} {images.shape}")
+    if label.shape != (NUM_IMAGES,) or label.min() != 0 or label.max() != NUM_CHARACTERS - 1:
+        problems.append(f"label must hold {NUM_IMAGES} ids 0..{NUM_CHARACTERS - 1}")
+    elif not np.array_equal(np.bincount(label), np.full(NUM_CHARACTERS, 20)):
+        problems.append("every character must have exactly 20 images")
+    if problems:
+        raise ValueError(f"{path} is not the Omniglot npz: " + "; ".join(problems))
+    if binarize:
+        images = np.where(images >= 128, 255, 0).astype(np.uint8)
+    return OmniglotArrays(images, arrays["alphabet"], arrays["character"], label)
+
+
+def read_split(data_dir: str | Path | None, name: str) -> list[str]:
+    """Lines ``Alphabet/characterNN/rotDDD`` of ``splits/vinyals/{name}.txt``."""
+    path = omniglot_dir(data_dir) / "splits" / "vinyals" / f"{name}.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"split list {path} is missing")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def omniglot_tasks(data_dir: str | Path | None = None, *, ways: int = 5, shots: int = 1,
+                   queries: int = 15, train_on: Literal["train", "trainval"] = "train",
+                   binarize: bool = False) -> LabeledArrayTasks:
+    """N-way K-shot Omniglot episodes on the Vinyals et al. (2016) protocol.
+
+    Classes are (character, rotation) pairs: each character's 0/90/180/270 degree rotations are
+    four classes. ``train`` = the 1028 train characters (x4), ``val`` = 172, ``test`` = 423;
+    ``train_on="trainval"`` trains on all 1200 (then there is no separate val split). Images are
+    1x28x28 floats in [0, 1], ink = 1.
+    """
+    if train_on not in ("train", "trainval"):
+        raise ValueError(f"train_on must be 'train' or 'trainval', got {train_on!r}")
+    arrays = load_omniglot(data_dir, binarize=binarize)
+    rows_of = {f"{a}/character{c:02d}": np.flatnonzero(arrays.label == label)
+               for a, c, label in zip(arrays.alphabet[::20], arrays.character[::20],
+                                      arrays.label[::20])}
+    lists = {"train": read_split(data_dir, train_on),
+             "val": [] if train_on == "trainval" else read_split(data_dir, "val"),
+             "test": read_split(data_dir, "test")}
+    images: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    classes: dict[str, list[int]] = {}
+    for split, lines in lists.items():
+        ids = []
+        for line in lines:
+            key, _, rotation = line.rpartition("/")
+            if key not in rows_of or not rotation.startswith("rot"):
+                raise ValueError(f"split line {line!r} names no Omniglot character")
+            class_id = len(images)
+            picture = arrays.images[rows_of[key]]  # (20, 28, 28)
+            images.append(np.rot90(picture, k=int(rotation[3:]) // 90, axes=(1, 2)))
+            labels.append(np.full(len(picture), class_id))
+            ids.append(class_id)
+        classes[split] = ids
+    x = np.concatenate(images)[:, None]  # (classes * 20, 1, 28, 28) uint8
+    return LabeledArrayTasks(x, np.concatenate(labels), ways=ways, shots=shots, queries=queries,
+                             classes=classes, name="omniglot", x_scale=1 / 255)
+
+
+# ------------------------------------------------------------------- building the npz
+def _release_files(source: Path) -> list[tuple[str, bytes]]:
+    """``(relative path, PNG bytes)`` of the original release under ``source``: the
+    ``images_background``/``images_evaluation`` folders or their zips, in recipe order."""
+    found: list[tuple[str, bytes]] = []
+    for split in RELEASE_SPLITS:
+        folder, archive = source / split, source / f"{split}.zip"
+        if folder.is_dir():
+            for path in folder.rglob("*.png"):
+                found.append((path.relative_to(source).as_posix(), path.read_bytes()))
+        elif archive.is_file():
+            with zipfile.ZipFile(archive) as zf:
+                for info in zf.infolist():
+                    if info.filename.endswith(".png"):
+                        found.append((info.filename, zf.read(info)))
+        else:
+            raise FileNotFoundError(f"{source} holds neither {split}/ nor {split}.zip")
+    # recipe order: split, then alphabet, character, file name, each sorted as plain strings
+    return sorted(found, key=lambda item: (RELEASE_SPLITS.index(item[0].split("/")[0]),
+                                           item[0].split("/")[1:]))
+
+
+def prepare_omniglot(source: str | Path, out: str | Path, *,
+                     size: Literal[28, 105] = 28) -> Path:
+    """Build ``omniglot.npz`` (``size=28``) or ``omniglot105.npz`` from the original release,
+    following the recipe of the shipped files (invert to ink = 255; 28x28 by Pillow LANCZOS on
+    the 8-bit image). Written atomically."""
+    from PIL import Image
+
+    from hypermeta.checkpoint import atomic_write_bytes
+
+    if size not in FILES:
+        raise ValueError(f"size must be 28 or 105, got {size!r}")
+    files = _release_files(Path(source))
+    if not files:
+        raise ValueError(f"no PNG files under {source}")
+    meta: dict[str, list[object]] = {k: [] for k in ARRAYS if k != "images"}
+    images: list[np.ndarray] = []
+    seen: dict[tuple[str, str, str], int] = {}
+    for rel, data in files:
+        parts = rel.split("/")
+        if len(parts) != 4:
+            raise ValueError(f"unexpected path {rel!r}: want SPLIT/ALPHABET/characterNN/FILE.png")
+        split, alphabet, character, name = parts
+        grey = Image.open(io.BytesIO(data)).convert("L")
+        inverted = Image.fromarray(255 - np.asarray(grey, dtype=np.uint8))
+        if size == 28:
+            inverted = inverted.resize((28, 28), Image.Resampling.LANCZOS)
+        images.append(np.asarray(inverted, dtype=np.uint8))
+        stem = name.removesuffix(".png")
+        key = (split, alphabet, character)
+        seen.setdefault(key, len(seen))
+        meta["split"].append(split.removeprefix("images_"))
+        meta["alphabet"].append(alphabet)
+        meta["character"].append(int(character.removeprefix("character")))
+        meta["drawer"].append(int(stem.split("_")[1]))
+        meta["char_id"].append(int(stem.split("_")[0]))
+        meta["label"].append(seen[key])
+        meta["path"].append(rel)
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer, images=np.stack(images), split=np.array(meta["split"]),
+        alphabet=np.array(meta["alphabet"]),
+        character=np.array(meta["character"], dtype=np.int16),
+        drawer=np.array(meta["drawer"], dtype=np.int8),
+        char_id=np.array(meta["char_id"], dtype=np.int16),
+        label=np.array(meta["label"], dtype=np.int16), path=np.array(meta["path"]))
+    return atomic_write_bytes(out, buffer.getvalue())

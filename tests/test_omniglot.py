@@ -1,0 +1,119 @@
+"""Omniglot loading, splits and the prepare round trip. Uses the real data when HYPERMETA_DATA
+points at it (``make test`` sets it to ../shared/data when that folder exists)."""
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hypermeta.tasks.omniglot import (
+    load_omniglot,
+    omniglot_dir,
+    omniglot_tasks,
+    prepare_omniglot,
+    read_split,
+)
+
+DATA = os.environ.get("HYPERMETA_DATA")
+needs_data = pytest.mark.skipif(
+    DATA is None or not (Path(DATA) / "omniglot" / "omniglot.npz").is_file(),
+    reason="set HYPERMETA_DATA to the folder holding omniglot/ (make test does)")
+
+
+def test_missing_location_and_files_give_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.delenv("HYPERMETA_DATA", raising=False)
+    with pytest.raises(FileNotFoundError, match="set HYPERMETA_DATA"):
+        omniglot_dir()
+    with pytest.raises(FileNotFoundError, match="hypermeta data prepare omniglot"):
+        omniglot_dir(tmp_path)
+
+
+def test_wrong_arrays_are_rejected(tmp_path):
+    (tmp_path / "omniglot").mkdir()
+    np.savez(tmp_path / "omniglot" / "omniglot.npz", images=np.zeros((3, 28, 28), np.uint8))
+    with pytest.raises(ValueError, match="lacks arrays"):
+        load_omniglot(tmp_path)
+    arrays = {k: np.zeros(3) for k in ("split", "alphabet", "character", "drawer", "char_id",
+                                        "path")}
+    np.savez(tmp_path / "omniglot" / "omniglot.npz", images=np.zeros((3, 28, 28), np.float32),
+             label=np.arange(3), **arrays)
+    with pytest.raises(ValueError, match="must be uint8 of shape"):
+        load_omniglot(tmp_path)
+    (tmp_path / "omniglot" / "omniglot.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable npz"):
+        load_omniglot(tmp_path)
+
+
+@needs_data
+def test_vinyals_splits_are_disjoint_in_every_rotation():
+    lists = {name: read_split(DATA, name) for name in ("train", "val", "test", "trainval")}
+    assert [len(lists[n]) for n in ("train", "val", "test", "trainval")] == [
+        1028 * 4, 172 * 4, 423 * 4, 1200 * 4]
+    def characters(lines):
+        return {line.rpartition("/")[0] for line in lines}
+    assert not characters(lists["test"]) & characters(lists["trainval"])
+    assert not characters(lists["train"]) & characters(lists["val"])
+    tasks = omniglot_tasks(DATA, ways=5, shots=1, queries=2)
+    assert len(tasks.classes["train"]) == 4112 and len(tasks.classes["test"]) == 1692
+    ep = tasks.sample("test", 3, torch.Generator().manual_seed(0))
+    assert ep.support_x.shape == (3, 5, 1, 28, 28) and ep.query_x.shape == (3, 10, 1, 28, 28)
+    assert ep.support_x.min() >= 0 and ep.support_x.max() <= 1
+
+
+@needs_data
+def test_rotations_are_distinct_classes():
+    tasks = omniglot_tasks(DATA, ways=5, shots=1, queries=1)
+    train = tasks.classes["train"]
+    first = [tasks.x[tasks._rows[c][0]] for c in train[:4]]  # one character, 4 rotations
+    assert torch.equal(first[1], torch.rot90(first[0], 1, dims=(1, 2)))
+    assert all(not torch.equal(first[0], other) for other in first[1:])
+
+
+def _png_tree(root: Path, arrays105: dict, rows: list[int]) -> None:
+    for row in rows:
+        rel = str(arrays105["path"][row])
+        ink = arrays105["images"][row]
+        picture = Image.fromarray((255 - ink).astype(np.uint8)).convert("1")  # black on white
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        picture.save(path)
+
+
+def _zip_split(root: Path, split: str) -> None:
+    """Turn ROOT/SPLIT/ into ROOT/SPLIT.zip."""
+    with zipfile.ZipFile(root / f"{split}.zip", "w") as zf:
+        for path in sorted((root / split).rglob("*.png")):
+            zf.write(path, path.relative_to(root).as_posix())
+    shutil.rmtree(root / split)
+
+
+@needs_data
+def test_prepare_round_trip_equals_the_shipped_arrays(tmp_path):
+    folder = Path(DATA) / "omniglot"
+    with np.load(folder / "omniglot105.npz") as data:
+        arrays105 = {k: data[k] for k in ("images", "path")}
+    # two characters of the background set and one of the evaluation set, all 20 drawings
+    rows = list(range(0, 40)) + list(range(19280, 19300))
+    _png_tree(tmp_path / "release", arrays105, rows)
+    _zip_split(tmp_path / "release", "images_evaluation")  # the release ships zips
+    out28 = prepare_omniglot(tmp_path / "release", tmp_path / "o28.npz")
+    out105 = subprocess.run([sys.executable, "-m", "hypermeta", "data", "prepare", "omniglot",
+                             str(tmp_path / "release"), str(tmp_path / "o105.npz"), "--size",
+                             "105"], capture_output=True, text=True)
+    assert out105.returncode == 0, out105.stderr
+    with np.load(folder / "omniglot.npz") as data:
+        shipped28 = {k: data[k][rows] for k in data.files}
+    with np.load(out28) as made28, np.load(tmp_path / "o105.npz") as made105:
+        assert np.array_equal(made105["images"], arrays105["images"][rows])
+        for key in ("images", "split", "alphabet", "character", "drawer", "char_id", "path"):
+            assert np.array_equal(made28[key], shipped28[key]), key
+        # labels run 0.. in traversal order; the shipped ones are global ids in the same order
+        assert np.array_equal(np.unique(made28["label"], return_inverse=True)[1],
+                              np.unique(shipped28["label"], return_inverse=True)[1])
