@@ -126,8 +126,10 @@ def fit(config: RunConfig, run_dir: str | Path, *, target: nn.Module | None = No
         state = meta["state"]["trainer"]
         _truncate_metrics(run_dir / "metrics.jsonl", state["step"])
         log.info("resumed %s at step %d", run_dir, state["step"])
-    elif config.train.pretrain_steps and state["step"] == 0:
-        _pretrain(learner, tasks, config, generator)
+    else:  # a fresh start: forget metrics of an attempt that died before its first checkpoint
+        _truncate_metrics(run_dir / "metrics.jsonl", 0)
+        if config.train.pretrain_steps:
+            _pretrain(learner, tasks, config, generator)
     train_steps = config.train.steps if params else 0
     val_set = tasks.fixed_tasks("val", config.train.val_tasks)
     better = higher_is_better(kind)
