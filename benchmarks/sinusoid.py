@@ -7,6 +7,7 @@ wall time and tasks/s, and adaptation latency for one task (support tensors -> p
 
     python benchmarks/sinusoid.py            # resumable: run again until it says complete
     python benchmarks/sinusoid.py --smoke    # tiny budget, writes *-smoke.json
+    python benchmarks/sinusoid.py --latency-only   # re-measure latency on the finished runs
 
 Each call works for at most --budget-minutes (default 9), in chunks of 500 meta-steps, keeps the
 training runs in benchmarks/runs/sinusoid/ (git-ignored) and writes
@@ -104,6 +105,12 @@ def latency(runs: Path, repeats: int) -> dict[str, Any]:
     return {name: {"median_ms": 1000 * t["median_s"]} for name, t in timing.items()}
 
 
+def latency_summary(lat: dict[str, Any]) -> dict[str, Any]:
+    return {"adapt_ms": {"hypernet": lat["hypernet"]["median_ms"],
+                         "maml10": lat["maml10"]["median_ms"]},
+            "adapt_speedup_vs_maml10": lat["maml10"]["median_ms"] / lat["hypernet"]["median_ms"]}
+
+
 def summarize(units: list[dict[str, Any]]) -> dict[str, Any]:
     table: dict[str, Any] = {}
     for shots in (5, 10):
@@ -127,6 +134,8 @@ def main() -> None:
     parser.add_argument("--budget-minutes", type=float, default=9.0)
     parser.add_argument("--repeats", type=int, default=200, help="latency repeats")
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="re-measure only the adaptation latency of a complete result")
     args = parser.parse_args()
     if args.smoke:
         args.seeds, args.repeats = [0], 20
@@ -136,6 +145,15 @@ def main() -> None:
     previous = json.loads(path.read_text()) if path.exists() else {}
     done = {(u["method"], u["shots"], u["seed"]): u for u in previous.get("units", [])}
     env = environment(args.seeds)
+    if args.latency_only:
+        if not previous.get("complete"):
+            raise SystemExit(f"{path} is not complete: run the benchmark first")
+        previous["latency"] = latency(runs, args.repeats)
+        previous["latency_environment"] = env
+        previous["summary"].update(latency_summary(previous["latency"]))
+        write_result(path, previous)
+        print(json.dumps(previous["summary"], indent=1))
+        return
     units_wanted = [(m, k, s) for s in args.seeds for k in (10, 5) for m in METHODS]
     for key in units_wanted:
         if key in done:
@@ -164,11 +182,7 @@ def main() -> None:
         payload["latency"] = (latency(runs, args.repeats) if complete
                               else previous.get("latency"))
     if payload.get("latency"):
-        lat = payload["latency"]
-        summary["adapt_ms"] = {"hypernet": lat["hypernet"]["median_ms"],
-                               "maml10": lat["maml10"]["median_ms"]}
-        summary["adapt_speedup_vs_maml10"] = (lat["maml10"]["median_ms"]
-                                              / lat["hypernet"]["median_ms"])
+        summary.update(latency_summary(payload["latency"]))
     payload["summary"] = summary
     RESULTS.mkdir(exist_ok=True)
     write_result(path, payload)

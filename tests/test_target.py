@@ -63,6 +63,16 @@ def test_batched_equals_per_task_loop_and_materialize(name):
         torch.testing.assert_close(target(one, x[i:i + 1])[0], batched[i], rtol=0, atol=1e-12)
 
 
+def test_dtype_and_device_moves_after_a_forward_are_seen():
+    target = FunctionalTarget(Conv4(hidden=8), generate="head.*", batchnorm="frozen")
+    params = random_params(target, 2, dtype=torch.float32)
+    target(params, torch.randn(2, 3, 1, 28, 28))
+    target.double()  # replaces buffers: the cached shared tensors must follow
+    out = target({k: v.double() for k, v in params.items()},
+                 torch.randn(2, 3, 1, 28, 28, dtype=torch.float64))
+    assert out.dtype == torch.float64
+
+
 def test_generate_selection_by_glob_type_and_mixed():
     net = Conv4(hidden=8)
     head_only = FunctionalTarget(net, generate="head.*")

@@ -8,7 +8,7 @@ import logging
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -94,6 +94,7 @@ class FunctionalTarget(nn.Module):
         else:
             self.spec, self._initial, self._adapted = self._make_adapters(selected)
         self._placeholders = frozenset(self.spec.names)
+        self._shared_cache: dict[str, Tensor] | None = None
         self._setup_batchnorm()
         self._use_vmap = not any(isinstance(m, nn.RNNBase) for m in self.module.modules())
         if not self._use_vmap:
@@ -199,10 +200,23 @@ class FunctionalTarget(nn.Module):
         return {k: v.clone() for k, v in self._initial.items()}
 
     def shared_tensors(self) -> dict[str, Tensor]:
-        """Shared parameters and real buffers: everything ``functional_call`` needs but params."""
-        out: dict[str, Tensor] = dict(self.module.named_parameters())
-        out.update((n, b) for n, b in self.module.named_buffers() if n not in self._placeholders)
-        return out
+        """Shared parameters and real buffers: everything ``functional_call`` needs but params.
+
+        Cached (walking the module tree costs more than a small target's forward); ``_apply``
+        (``.to()``, ``.double()``, ...) clears the cache because it may replace buffers.
+        """
+        if self._shared_cache is None:
+            out: dict[str, Tensor] = dict(self.module.named_parameters())
+            out.update((n, b) for n, b in self.module.named_buffers()
+                       if n not in self._placeholders)
+            self._shared_cache = out
+        return dict(self._shared_cache)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> FunctionalTarget:
+        self._shared_cache = None
+        super()._apply(fn, recurse)
+        self._shared_cache = None
+        return self
 
     def check(self, params: Params, x: Tensor) -> None:
         """Raise a clear error unless ``params`` match ``spec`` with the task dim of ``x``.
