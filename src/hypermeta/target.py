@@ -214,7 +214,7 @@ class FunctionalTarget(nn.Module):
 
     def _apply(self, fn: Any, recurse: bool = True) -> FunctionalTarget:
         self._shared_cache = None
-        super()._apply(fn, recurse)
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
         self._shared_cache = None
         return self
 
