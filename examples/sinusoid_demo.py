@@ -57,7 +57,8 @@ def plot(models: dict[tuple[str, int], torch.nn.Module], path: Path) -> None:
         for t in range(4):
             ax = axes[row, t]
             ax.plot(grid[t, :, 0], truth[t, :, 0], "k-", lw=2, label="true")
-            ax.plot(grid[t, :, 0], curves["hypernet"][t], "C0-", label="hypernetwork (+10 fine-tuning steps)")
+            ax.plot(grid[t, :, 0], curves["hypernet"][t], "C0-",
+                    label="hypernetwork (+10 fine-tuning steps)")
             ax.plot(grid[t, :, 0], curves["maml"][t], "C1--", label="MAML (10 steps)")
             ax.plot(test.support_x[t, :, 0], test.support_y[t, :, 0], "ko", mfc="w",
                     label=f"support (K={shots})")
