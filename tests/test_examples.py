@@ -66,7 +66,8 @@ def test_cli_train_eval_generate_end_to_end(tmp_path):
                   str(tmp_path / "task.safetensors"))
     assert out.returncode == 0, out.stderr
     with safe_open(str(tmp_path / "task.safetensors"), "pt") as handle:
-        assert json.loads(handle.metadata()["architecture"])["hidden"] == [8]
+        meta = json.loads(handle.metadata()["hypermeta"])
+        assert meta["architecture"]["hidden"] == [8] and meta["content_id"]
         assert set(handle.keys()) == {"0.weight", "0.bias", "2.weight", "2.bias"}
 
 

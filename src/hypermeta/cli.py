@@ -138,22 +138,17 @@ def _descriptor(text: str, kind: str) -> torch.Tensor | list[str]:
             from None
 
 
-@app.command()
-@_friendly
-def generate(
-    run_dir: Annotated[Path, typer.Argument(help="A hypernet run folder.")],
-    out: Annotated[Path, typer.Option(help="Where to write the task's network (.safetensors).")],
-    support: Annotated[Path | None, typer.Option(help=".npz with arrays x [S, ...] and y [S] "
-                                                 "or [S, out] (one task's support set).")] = None,
-    descriptor: Annotated[str | None, typer.Option(help="Task id, comma-separated feature "
-                                                   "vector, label or text.")] = None,
-    which: Which = "best",
-) -> None:
-    """Generate one task's standalone network (weights + architecture JSON in its metadata)."""
-    import safetensors.torch
+SupportOption = Annotated[Path | None, typer.Option(
+    help=".npz with arrays x [S, ...] and y [S] or [S, out] (one task's support set).")]
+DescriptorOption = Annotated[str | None, typer.Option(
+    help="Task id, comma-separated feature vector, label or text.")]
 
+
+def _task_network(run_dir: Path, support: Path | None, descriptor: str | None,
+                  which: str) -> tuple[Any, Any, Any, str, torch.Tensor]:
+    """One task's generated network from a run: (network, model, config, content id, example
+    input batch for export)."""
     from hypermeta.build import load_learner
-    from hypermeta.checkpoint import atomic_write_bytes
     from hypermeta.episodes import Episode
     from hypermeta.model import HyperModel
 
@@ -161,7 +156,7 @@ def generate(
         raise ValueError("pass exactly one of --support FILE or --descriptor VALUE")
     model, config, source, cid = load_learner(run_dir, which=which)
     if not isinstance(model, HyperModel):
-        raise ValueError(f"{run_dir} holds a {config.method} run; generate needs a hypernet run")
+        raise ValueError(f"{run_dir} holds a {config.method} run; this needs a hypernet run")
     x_shape = source.x_shape
     if support is not None:
         if not support.is_file():
@@ -170,8 +165,7 @@ def generate(
             if "x" not in data or "y" not in data:
                 raise ValueError(f"--support {support} must hold arrays 'x' and 'y'")
             x = torch.as_tensor(data["x"]).float()[None]
-            y_np = data["y"]
-        y = torch.as_tensor(y_np)[None]
+            y = torch.as_tensor(data["y"])[None]
         y = y.long() if source.task_kind == "classification" else y.float()
         if source.task_kind == "regression" and y.dim() == 2:
             y = y[..., None]
@@ -184,12 +178,62 @@ def generate(
         episode = Episode(x, y_empty, torch.zeros(1, 1, *x_shape),
                           descriptor=_descriptor(descriptor, config.encoder.kind))
     network = model.generate(episode)[0]
-    metadata = {"architecture": json.dumps(config.target), "content_id": cid,
-                "hypermeta": hypermeta.__version__}
-    state = {k: v.contiguous() for k, v in network.state_dict().items()}
-    atomic_write_bytes(out, safetensors.torch.save(state, metadata=metadata))
-    typer.echo(f"wrote {out} ({sum(v.numel() for v in state.values())} parameters; "
-               f"architecture {config.target.get('name')})")
+    example = source.fixed_tasks("val", 1).query_x[0]  # (Q, ...) one batch of real inputs
+    return network, model, config, cid, example
+
+
+@app.command()
+@_friendly
+def generate(
+    run_dir: Annotated[Path, typer.Argument(help="A hypernet run folder.")],
+    out: Annotated[Path, typer.Option(help="Where to write the task's network (.safetensors).")],
+    support: SupportOption = None,
+    descriptor: DescriptorOption = None,
+    which: Which = "best",
+) -> None:
+    """Generate one task's standalone network (safetensors + architecture JSON)."""
+    from hypermeta.export import export_network
+
+    network, _, config, cid, example = _task_network(run_dir, support, descriptor, which)
+    export_network(network, out, "safetensors", example=example,
+                   architecture=config.target, content_id=cid)
+    count = sum(p.numel() for p in network.parameters())
+    typer.echo(f"wrote {out} ({count} parameters; architecture {config.target.get('name')})")
+
+
+@app.command("export")
+@_friendly
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A hypernet run folder.")],
+    out: Annotated[Path, typer.Option(help="Output file.")],
+    fmt: Annotated[str, typer.Option("--format", help="safetensors, pt2 or onnx.")] = "onnx",
+    support: SupportOption = None,
+    descriptor: DescriptorOption = None,
+    hypernet: Annotated[bool, typer.Option("--hypernet", help="Export the generator itself "
+                                           "(encoder + hypernetwork) to ONNX instead.")] = False,
+    which: Which = "best",
+) -> None:
+    """Export one task's generated network (or, with --hypernet, the generator) to a model
+    that loads without hypermeta."""
+    from hypermeta.build import load_learner
+    from hypermeta.export import FORMATS, export_generator, export_network, generator_example
+    from hypermeta.model import HyperModel
+
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {list(FORMATS)}, got {fmt!r}")
+    if hypernet:
+        if fmt != "onnx":
+            raise ValueError("--hypernet exports to ONNX only (--format onnx)")
+        model, config, source, _ = load_learner(run_dir, which=which)
+        if not isinstance(model, HyperModel):
+            raise ValueError(f"{run_dir} holds a {config.method} run; this needs a hypernet run")
+        export_generator(model, out, generator_example(model, source))
+        typer.echo(f"wrote {out} (generator: {model.target.spec.numel()} parameters per task)")
+        return
+    network, _, config, cid, example = _task_network(run_dir, support, descriptor, which)
+    export_network(network, out, fmt, example=example, architecture=config.target,
+                   content_id=cid)
+    typer.echo(f"wrote {out} ({fmt})")
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Build datasets from their original release.")
