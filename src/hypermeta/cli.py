@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -234,6 +235,44 @@ def export(
     export_network(network, out, fmt, example=example, architecture=config.target,
                    content_id=cid)
     typer.echo(f"wrote {out} ({fmt})")
+
+
+@app.command()
+@_friendly
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="A hypernet run folder.")],
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    state_dir: Annotated[Path | None, typer.Option(help="Folder of the task database "
+                                                   "(default RUN_DIR/serve-state).")] = None,
+    cache_size: Annotated[int, typer.Option(help="Generated networks kept in memory.")] = 128,
+    max_body_bytes: Annotated[int, typer.Option(help="Larger bodies get 413.")] = 1_000_000,
+    max_rows: Annotated[int, typer.Option(help="Most rows per support set or batch.")] = 10_000,
+    token: Annotated[str | None, typer.Option(envvar="HYPERMETA_TOKEN",
+                                              help="Bearer token required on every route but "
+                                              "/healthz (or set HYPERMETA_TOKEN).")] = None,
+    allow_remote_without_token: Annotated[bool, typer.Option(
+        help="Bind a non-loopback interface without a token (not recommended).")] = False,
+) -> None:
+    """Serve task registration and prediction over HTTP (FastAPI + uvicorn)."""
+    import ipaddress
+
+    loopback = host == "localhost"
+    with contextlib.suppress(ValueError):  # a host name rather than an address
+        loopback = loopback or ipaddress.ip_address(host).is_loopback
+    if not loopback and token is None and not allow_remote_without_token:
+        raise ValueError(f"refusing to serve on {host} without --token (or HYPERMETA_TOKEN); "
+                         "bind 127.0.0.1 or pass --allow-remote-without-token")
+    try:
+        import uvicorn
+    except ImportError:
+        raise ImportError("serving needs the 'serve' extra: pip install 'hypermeta[serve]'") \
+            from None
+    from hypermeta.serve import create_app
+
+    api = create_app(run_dir, state_dir=state_dir, cache_size=cache_size,
+                     max_body_bytes=max_body_bytes, max_rows=max_rows, token=token)
+    uvicorn.run(api, host=host, port=port, log_level="warning")
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Build datasets from their original release.")
