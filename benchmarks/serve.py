@@ -1,0 +1,156 @@
+"""Bounded load test of `hypermeta serve` on loopback: requests/s and p50/p99 latency of predict
+and of task registration, error count; plus the in-process generation latency.
+
+    python benchmarks/serve.py                 # 30 s, 4 clients -> results/serve-cpu.json
+    python benchmarks/serve.py --smoke         # 5 s -> results/serve-cpu-smoke.json
+
+Serves benchmarks/runs/sinusoid/hypernet-k10-s0 (made by benchmarks/sinusoid.py) when present,
+else trains a small sinusoid hypernet first. Every client loops: one registration (a K=10
+support set), then 9 predictions of 100 points on its task. Traffic stays on 127.0.0.1 and stops
+by itself after --seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, environment, result_path, write_result  # noqa: E402
+
+from hypermeta.build import load_learner  # noqa: E402
+from hypermeta.config import RunConfig  # noqa: E402
+from hypermeta.tasks import SinusoidTasks  # noqa: E402
+from hypermeta.train import fit  # noqa: E402
+
+
+def run_to_serve(tmp: Path) -> Path:
+    headline = ROOT / "benchmarks" / "runs" / "sinusoid" / "hypernet-k10-s0"
+    if (headline / "best.safetensors").exists():
+        return headline
+    config = RunConfig.from_file(ROOT / "configs" / "sinusoid_hypernet.yaml",
+                                 ["train.steps=300", "train.val_every=300"])
+    fit(config, tmp / "run", progress=False)
+    return tmp / "run"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values) * 1000, q)) if values else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args()
+    if args.smoke:
+        args.seconds = 5.0
+    env = environment([0])
+    tmp = Path(tempfile.mkdtemp(prefix="hypermeta-serve-"))
+    run_dir = run_to_serve(tmp)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "hypermeta", "serve", str(run_dir), "--port", str(port),
+         "--state-dir", str(tmp / "state")],
+        env={k: v for k, v in os.environ.items() if k != "HYPERMETA_TOKEN"})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        tasks = SinusoidTasks(shots=10).fixed_tasks("test", 200)
+        latencies: dict[str, list[float]] = {"register": [], "predict": []}
+        errors: list[str] = []
+        lock = threading.Lock()
+        stop_at = time.time() + args.seconds
+
+        def client(index: int) -> None:
+            with httpx.Client(base_url=base, timeout=30) as http:
+                n = index
+                while time.time() < stop_at:
+                    i = n % tasks.num_tasks
+                    n += args.clients
+                    support = {"x": tasks.support_x[i].tolist(),
+                               "y": tasks.support_y[i, :, 0].tolist()}
+                    start = time.perf_counter()
+                    reply = http.post("/v1/tasks", json={"support": support})
+                    took = time.perf_counter() - start
+                    if reply.status_code != 201:
+                        with lock:
+                            errors.append(f"register {reply.status_code}")
+                        continue
+                    task = reply.json()["task_id"]
+                    with lock:
+                        latencies["register"].append(took)
+                    body = {"x": tasks.query_x[i].tolist()}
+                    for _ in range(9):
+                        start = time.perf_counter()
+                        reply = http.post(f"/v1/tasks/{task}/predict", json=body)
+                        took = time.perf_counter() - start
+                        with lock:
+                            if reply.status_code == 200:
+                                latencies["predict"].append(took)
+                            else:
+                                errors.append(f"predict {reply.status_code}")
+
+        started = time.perf_counter()
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - started
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    # in-process generation latency: support set -> generated (fine-tuned if configured) params
+    model, _, _, _ = load_learner(run_dir)
+    one = tasks.task(0)
+    samples = []
+    for _ in range(220):
+        start = time.perf_counter()
+        with torch.no_grad():
+            model.adapted_params(one)
+        samples.append(time.perf_counter() - start)
+    generation_ms = 1000 * statistics.median(samples[20:])
+    total = len(latencies["register"]) + len(latencies["predict"])
+    summary = {"rps": total / elapsed, "p50_ms": percentile(latencies["predict"], 50),
+               "p99_ms": percentile(latencies["predict"], 99), "errors": len(errors),
+               "register_p50_ms": percentile(latencies["register"], 50),
+               "register_p99_ms": percentile(latencies["register"], 99),
+               "generation_ms": generation_ms}
+    payload: dict[str, Any] = {
+        "benchmark": "serve", "complete": True, "summary": summary, "config": vars(args),
+        "served_run": str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else "tmp",
+        "requests": {k: len(v) for k, v in latencies.items()}, "elapsed_s": elapsed,
+        "error_samples": errors[:20], "environment": env}
+    path = write_result(result_path("serve", "cpu", smoke=args.smoke), payload)
+    print({k: round(v, 3) if isinstance(v, float) else v for k, v in summary.items()})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
