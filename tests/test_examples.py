@@ -87,3 +87,33 @@ def test_every_command_has_help():
     for command in ("train", "eval", "generate", "networks"):
         out = run_cli(command, "--help")
         assert out.returncode == 0 and "Usage" in out.stdout
+
+
+def test_cli_export_network_and_generator(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "method: hypernet\ntasks: {name: sinusoid, shots: 5}\n"
+        "target: {name: mlp, in_dim: 1, out_dim: 1, hidden: [8]}\n"
+        "encoder: {kind: set, dim: 8, hidden: 16}\nhypernet: {hidden: [16]}\n"
+        "train: {steps: 2, meta_batch: 4, val_every: 2, val_tasks: 5}\n")
+    run = tmp_path / "run"
+    assert run_cli("train", str(config), "--out", str(run), "--no-progress").returncode == 0
+    np.savez(tmp_path / "s.npz", x=np.linspace(-4, 4, 5)[:, None], y=np.sin(np.linspace(-4, 4, 5)))
+    for fmt in ("onnx", "pt2"):
+        out = run_cli("export", str(run), "--support", str(tmp_path / "s.npz"), "--format", fmt,
+                      "--out", str(tmp_path / f"task.{fmt}"))
+        assert out.returncode == 0, out.stderr
+    x = np.linspace(-5, 5, 11, dtype=np.float32)[:, None]
+    session = ort.InferenceSession(str(tmp_path / "task.onnx"))
+    onnx_out = session.run(None, {session.get_inputs()[0].name: x})[0]
+    pt2_out = torch.export.load(str(tmp_path / "task.pt2")).module()(torch.from_numpy(x))
+    np.testing.assert_allclose(onnx_out, pt2_out.detach().numpy(), rtol=1e-5, atol=1e-6)
+    out = run_cli("export", str(run), "--hypernet", "--out", str(tmp_path / "gen.onnx"))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "gen.json").exists()
+    out = run_cli("export", str(run), "--hypernet", "--format", "pt2", "--out", "x.pt2")
+    assert out.returncode == 2 and "ONNX only" in out.stderr
