@@ -195,3 +195,40 @@ def test_non_loopback_bind_without_token_is_refused(run_dir):
                           "0.0.0.0"], capture_output=True, text=True, timeout=60,
                          env={k: v for k, v in os.environ.items() if k != "HYPERMETA_TOKEN"})
     assert out.returncode == 2 and "without --token" in out.stderr
+
+
+class Blobs:
+    """A small classification family registered for this test only."""
+
+    def __new__(cls, shots: int = 2, queries: int = 3, ways: int = 3):
+        import numpy as np
+
+        from hypermeta.tasks import LabeledArrayTasks
+
+        rng = np.random.default_rng(0)
+        centers = rng.normal(size=(20, 4)) * 3
+        x = (np.repeat(centers, 10, axis=0) + rng.normal(size=(200, 4))).astype(np.float32)
+        return LabeledArrayTasks(x, np.repeat(np.arange(20), 10), ways=ways, shots=shots,
+                                 queries=queries, name="blobs")
+
+
+def test_classification_predictions_come_with_probabilities(tmp_path, monkeypatch):
+    from hypermeta.tasks import TASKS
+
+    monkeypatch.setitem(TASKS, "blobs", Blobs)
+    config = RunConfig.from_dict({
+        "method": "hypernet", "tasks": {"name": "blobs", "shots": 2, "queries": 3, "ways": 3},
+        "target": {"name": "mlp", "in_dim": 4, "out_dim": 3, "hidden": [8]},
+        "encoder": {"kind": "set", "dim": 8, "hidden": 16}, "hypernet": {"hidden": [16]},
+        "train": {"steps": 2, "meta_batch": 2, "val_every": 2, "val_tasks": 4}})
+    fit(config, tmp_path / "run", progress=False)
+    with client(tmp_path / "run", tmp_path) as api:
+        support = {"x": [[0.0] * 4, [1.0] * 4, [2.0] * 4], "y": [0, 1, 2]}
+        reply = api.post("/v1/predict", json={"support": support, "x": [[0.5] * 4, [2.0] * 4]})
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert len(body["predictions"]) == 2 and all(p in (0, 1, 2) for p in body["predictions"])
+        assert all(abs(sum(row) - 1) < 1e-5 for row in body["probabilities"])
+        bad = {"x": support["x"], "y": [0, 1, 5]}
+        reply = api.post("/v1/tasks", json={"support": bad})
+        assert reply.status_code == 422 and "labels 0..2" in reply.text
