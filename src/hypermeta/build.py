@@ -70,7 +70,8 @@ def build_learner(config: RunConfig, tasks: TaskSource,
                        steps=config.scratch.steps, lr=config.scratch.lr)
     try:
         functional = FunctionalTarget(net, generate=config.generate, adapter=config.adapter,
-                                      rank=config.rank, batchnorm=config.batchnorm)
+                                      rank=config.rank, batchnorm=config.batchnorm,
+                                      gates=config.gates.enabled)
     except ValueError as err:
         raise ConfigError(f"generate/adapter: {err}") from None
     encoder = _encoder(config, tasks)

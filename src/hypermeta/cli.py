@@ -197,7 +197,7 @@ def generate(
 
     network, _, config, cid, example = _task_network(run_dir, support, descriptor, which)
     export_network(network, out, "safetensors", example=example,
-                   architecture=config.target, content_id=cid)
+                   architecture=getattr(network, "config", config.target), content_id=cid)
     count = sum(p.numel() for p in network.parameters())
     typer.echo(f"wrote {out} ({count} parameters; architecture {config.target.get('name')})")
 
@@ -232,8 +232,8 @@ def export(
         typer.echo(f"wrote {out} (generator: {model.target.spec.numel()} parameters per task)")
         return
     network, _, config, cid, example = _task_network(run_dir, support, descriptor, which)
-    export_network(network, out, fmt, example=example, architecture=config.target,
-                   content_id=cid)
+    export_network(network, out, fmt, example=example,
+                   architecture=getattr(network, "config", config.target), content_id=cid)
     typer.echo(f"wrote {out} ({fmt})")
 
 

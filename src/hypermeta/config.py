@@ -51,6 +51,11 @@ class HypernetConfig(_Strict):
     chunk_dim: int = Field(16, ge=1)
 
 
+class GatesConfig(_Strict):
+    enabled: bool = Field(False, description="per-task structure gates (hypernet method)")
+    sparsity: float = Field(0.0, ge=0, description="weight of the expected active fraction")
+
+
 class TrainConfig(_Strict):
     steps: int = Field(10_000, ge=0)
     meta_batch: int = Field(25, ge=1)
@@ -102,6 +107,7 @@ class RunConfig(_Strict):
     batchnorm: Literal["batch", "frozen"] = "batch"
     encoder: EncoderConfig = EncoderConfig()
     hypernet: HypernetConfig = HypernetConfig()
+    gates: GatesConfig = GatesConfig()
     train: TrainConfig = TrainConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     maml: MAMLConfig = MAMLConfig()
@@ -116,6 +122,8 @@ class RunConfig(_Strict):
                             "target= passed in code)")
         if self.encoder.kind == "task_id" and self.encoder.num_tasks is None:
             problems.append("encoder.num_tasks: required when encoder.kind is 'task_id'")
+        if self.gates.enabled and self.method != "hypernet":
+            problems.append("gates.enabled: structure gates need method 'hypernet'")
         if self.encoder.kind == "features" and self.encoder.in_dim is None:
             problems.append("encoder.in_dim: required when encoder.kind is 'features'")
         if problems:

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from hypermeta.adapt import adapt
 from hypermeta.episodes import Episode
 from hypermeta.evaluate import TaskKind
+from hypermeta.gates import structure_cost
 from hypermeta.spec import Params
 from hypermeta.target import FunctionalTarget
 
@@ -107,6 +108,8 @@ class HyperModel(nn.Module):
         z = self.encoder(episode)  # (T, Z)
         params = self.hypernet(z)  # {name: (T, *shape)}
         out: Tensor = self.target(params, episode.query_x)  # (T, Q, ...)
+        # expected fraction of active gated units (0 without gates): the trainer's sparsity cost
+        self.last_structure_cost = structure_cost(params, self.target.spec)
         return out
 
     def adapted_params(self, episode: Episode, finetune_steps: int | None = None) -> Params:

@@ -7,7 +7,7 @@ keeps its constructor arguments in ``.config`` so ``build_network(net.config)`` 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -38,9 +38,38 @@ class MLP(nn.Sequential):
             layers += [nn.Linear(a, b), _activation(activation)]
         layers.append(nn.Linear(dims[-1], out_dim))
         super().__init__(*layers)
-        self.config = {"name": "mlp", "in_dim": in_dim, "out_dim": out_dim,
+        self.config: dict[str, Any] = {"name": "mlp", "in_dim": in_dim, "out_dim": out_dim,
                        "hidden": list(hidden), "activation": activation}
         self.input_shape = (in_dim,)
+
+    def _linears(self) -> list[tuple[int, nn.Linear]]:
+        return [(i, m) for i, m in enumerate(self) if isinstance(m, nn.Linear)]
+
+    def gate_sites(self) -> list[GateSite]:
+        """Hidden units: the output of every Linear but the last (activation(0) = 0)."""
+        return [GateSite(str(i), m.out_features, -1) for i, m in self._linears()[:-1]]
+
+    @torch.no_grad()
+    def pruned(self, masks: dict[str, Tensor]) -> MLP:
+        """A smaller MLP without the hidden units whose mask is False (same outputs)."""
+        linears = self._linears()
+        keep = {str(i): masks[str(i)].bool() for i, _ in linears[:-1]}
+        hidden = [int(k.sum()) for k in keep.values()]
+        small = MLP(self.config["in_dim"], self.config["out_dim"], hidden,
+                    self.config["activation"]).to(linears[0][1].weight)
+        rows: Tensor | None = None  # input features kept by the previous layer
+        for (i, layer), (_, new) in zip(linears, small._linears()):
+            weight: Tensor = layer.weight
+            bias: Tensor = layer.bias
+            if rows is not None:
+                weight = weight[:, rows]
+            out = keep.get(str(i))
+            if out is not None:
+                weight, bias = weight[out], bias[out]
+            new.weight.copy_(weight)
+            new.bias.copy_(bias)
+            rows = out
+        return small.train(self.training)
 
 
 class Conv4(nn.Module):
@@ -51,23 +80,67 @@ class Conv4(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 5, hidden: int = 64,
-                 image_size: int = 28) -> None:
+                 image_size: int = 28, channels: Sequence[int] | None = None) -> None:
         super().__init__()
+        widths = [hidden] * 4 if channels is None else [int(c) for c in channels]
+        if len(widths) != 4 or min(widths) < 1:
+            raise ValueError(f"channels must be 4 positive widths, got {channels!r}")
         blocks: list[nn.Module] = []
-        channels, size = in_channels, image_size
-        for _ in range(4):
+        previous, size = in_channels, image_size
+        for width in widths:
             blocks.append(nn.Sequential(
-                nn.Conv2d(channels, hidden, 3, padding=1), nn.BatchNorm2d(hidden),
+                nn.Conv2d(previous, width, 3, padding=1), nn.BatchNorm2d(width),
                 nn.ReLU(), nn.MaxPool2d(2),
             ))
-            channels, size = hidden, size // 2
+            previous, size = width, size // 2
         if size < 1:
             raise ValueError(f"image_size={image_size} is too small for 4 max-pools (need >= 16)")
         self.features = nn.Sequential(*blocks)
-        self.head = nn.Linear(hidden * size * size, num_classes)
-        self.config = {"name": "conv4", "in_channels": in_channels, "num_classes": num_classes,
+        self.head = nn.Linear(widths[-1] * size * size, num_classes)
+        self.final_size = size
+        self.config: dict[str, Any] = {"name": "conv4", "in_channels": in_channels,
+                                       "num_classes": num_classes,
                        "hidden": hidden, "image_size": image_size}
+        if channels is not None:
+            self.config["channels"] = widths
         self.input_shape = (in_channels, image_size, image_size)
+
+    def _blocks(self) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
+        return [(cast(nn.Conv2d, block[0]), cast(nn.BatchNorm2d, block[1]))
+                for block in cast(list[nn.Sequential], list(self.features))]
+
+    def gate_sites(self) -> list[GateSite]:
+        """Channels of every block, gated after BatchNorm (so a closed channel is exactly 0)."""
+        return [GateSite(f"features.{i}.1", bn.num_features, 1)
+                for i, (_, bn) in enumerate(self._blocks())]
+
+    @torch.no_grad()
+    def pruned(self, masks: dict[str, Tensor]) -> Conv4:
+        """A smaller Conv4 without the channels whose mask is False (same outputs)."""
+        keep = [masks[f"features.{i}.1"].bool() for i in range(4)]
+        cfg = self.config
+        small = Conv4(cfg["in_channels"], cfg["num_classes"], cfg["hidden"], cfg["image_size"],
+                      channels=[int(k.sum()) for k in keep]).to(self.head.weight)
+        previous: Tensor | None = None
+        for (conv, bn), (new_conv, new_bn), out in zip(self._blocks(), small._blocks(), keep):
+            weight = conv.weight[out] if previous is None else conv.weight[out][:, previous]
+            new_conv.weight.copy_(weight)
+            cast(Tensor, new_conv.bias).copy_(cast(Tensor, conv.bias)[out])
+            new_bn.weight.copy_(bn.weight[out])
+            new_bn.bias.copy_(bn.bias[out])
+            if bn.running_mean is None:  # per-batch statistics, as the source used
+                new_bn.track_running_stats = False
+                new_bn.running_mean = new_bn.running_var = new_bn.num_batches_tracked = None
+            else:
+                cast(Tensor, new_bn.running_mean).copy_(bn.running_mean[out])
+                cast(Tensor, new_bn.running_var).copy_(cast(Tensor, bn.running_var)[out])
+            previous = out
+        assert previous is not None
+        area = self.final_size ** 2  # flatten is channel-major: feature = c * area + s
+        columns = previous.repeat_interleave(area)
+        small.head.weight.copy_(self.head.weight[:, columns])
+        small.head.bias.copy_(self.head.bias)
+        return small.train(self.training)
 
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = self.head(self.features(x).flatten(1))
@@ -181,6 +254,14 @@ class TransformerNet(nn.Module):
         h = self.embed(x) + self.position[: x.shape[1]]
         out: Tensor = self.head(self.norm(self.blocks(h)).mean(dim=1))
         return out
+
+
+class GateSite(NamedTuple):
+    """Where structure gates act: the output of ``module`` along ``dim`` (``units`` wide)."""
+
+    module: str
+    units: int
+    dim: int
 
 
 NETWORKS: dict[str, type[nn.Module]] = {

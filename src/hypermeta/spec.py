@@ -21,6 +21,7 @@ KINDS = (
     "film_scale",  # per-channel multiplicative delta (applied as 1 + scale): starts at zero
     "film_shift",  # per-channel additive delta: starts at zero
     "other",  # anything else (e.g. a 1-D learned vector): small normal
+    "gate",  # structure gate logits (log alpha, see gates.py): start at +3, i.e. open
 )
 
 
@@ -115,11 +116,11 @@ class ParamSpec:
         return torch.cat(parts)
 
     def offsets(self) -> Tensor:
-        """Per-parameter constant each kind starts from (``[P]``): 1 for norm scales, else 0."""
-        parts = [
-            torch.full((size,), 1.0 if kind == "norm_weight" else 0.0)
-            for size, kind in zip(self.sizes(), self.kinds)
-        ]
+        """Per-parameter constant each kind starts from (``[P]``): 1 for norm scales, +3 for gate
+        logits (open), else 0."""
+        start = {"norm_weight": 1.0, "gate": 3.0}
+        parts = [torch.full((size,), start.get(kind, 0.0))
+                 for size, kind in zip(self.sizes(), self.kinds)]
         return torch.cat(parts)
 
     def init_flat(self, generator: torch.Generator | None = None) -> Tensor:

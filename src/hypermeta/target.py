@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from hypermeta.gates import INITIAL_LOGIT, gate_hook, masks_for
 from hypermeta.spec import Params, ParamSpec
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,10 @@ class FunctionalTarget(nn.Module):
             ``"frozen"``: always use the running statistics the module carries (for instance
             from pre-training) and never update them.
         input_shape: the shape of one example, checked at the entry when given.
+        gates: also generate per-task structure gates over the module's gate sites (built-in
+            ``MLP`` hidden units, ``Conv4`` channels; see ``hypermeta.gates``): spec entries
+            ``"<site>.gate"`` of kind ``"gate"`` hold their logits, and ``materialize``
+            returns a genuinely smaller network without the closed units.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 1))
@@ -68,6 +73,7 @@ class FunctionalTarget(nn.Module):
         rank: int = 4,
         batchnorm: BatchNormMode = "batch",
         input_shape: Sequence[int] | None = None,
+        gates: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(module, nn.Module):
@@ -93,6 +99,9 @@ class FunctionalTarget(nn.Module):
             self._adapted: dict[str, int] = {}
         else:
             self.spec, self._initial, self._adapted = self._make_adapters(selected)
+        self._gate_hooks: dict[str, int] = {}
+        if gates:
+            self._add_gates()
         self._placeholders = frozenset(self.spec.names)
         self._shared_cache: dict[str, Tensor] | None = None
         self._setup_batchnorm()
@@ -163,6 +172,30 @@ class FunctionalTarget(nn.Module):
         initial = spec.unflatten(spec.init_flat(torch.Generator().manual_seed(0)))
         return spec, initial, hook_ids
 
+    def _add_gates(self) -> None:
+        sites = getattr(self.module, "gate_sites", None)
+        if sites is None or not hasattr(self.module, "pruned"):
+            raise ValueError(f"gates=True needs a target with gate_sites() and pruned(); "
+                             f"{type(self.module).__name__} has none (built-in mlp and conv4 do)")
+        spec = self.spec
+        names, shapes, kinds = list(spec.names), list(spec.shapes), list(spec.kinds)
+        fin, fout = list(spec.fan_in), list(spec.fan_out)
+        for site in sites():
+            owner = self.module.get_submodule(site.module)
+            owner.register_buffer("gate", torch.empty(0), persistent=False)
+            # plain attributes the gate hook reads (the channel dim; sampling vs. binary)
+            object.__setattr__(owner, "gate_dim", site.dim)
+            object.__setattr__(owner, "gate_training", self.training)
+            self._gate_hooks[site.module] = owner.register_forward_hook(gate_hook).id
+            name = f"{site.module}.gate"
+            names.append(name)
+            shapes.append(torch.Size([site.units]))
+            kinds.append("gate")
+            fin.append(site.units)
+            fout.append(site.units)
+            self._initial[name] = torch.full((site.units,), INITIAL_LOGIT)
+        self.spec = ParamSpec(tuple(names), tuple(shapes), tuple(kinds), tuple(fin), tuple(fout))
+
     def _setup_batchnorm(self) -> None:
         for m in self.module.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and self.batchnorm == "batch":
@@ -176,6 +209,8 @@ class FunctionalTarget(nn.Module):
 
     def train(self, mode: bool = True) -> FunctionalTarget:
         super().train(mode)
+        for site in getattr(self, "_gate_hooks", {}):  # gates follow the target, not BN modes
+            object.__setattr__(self.module.get_submodule(site), "gate_training", mode)
         if self.batchnorm == "frozen":
             for m in self.module.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -288,8 +323,14 @@ class FunctionalTarget(nn.Module):
                 raise ValueError(f"params[{name!r}] has shape {list(params[name].shape)}; "
                                  f"materialize takes ONE task's params, shape {list(shape)}")
         module = copy.deepcopy(self.module)
+        for site, hook_id in self._gate_hooks.items():
+            owner = module.get_submodule(site)
+            del owner._forward_hooks[hook_id]
+            delattr(owner, "gate")
         if self.adapter == "full":
             for name in self.spec.names:
+                if name.endswith(".gate") and name[:-5] in self._gate_hooks:
+                    continue
                 owner, leaf = _owner(module, name)
                 delattr(owner, leaf)
                 owner.register_parameter(leaf, nn.Parameter(params[name].detach().clone()))
@@ -298,6 +339,9 @@ class FunctionalTarget(nn.Module):
                 _merge_adapter(module.get_submodule(layer_name), layer_name, hook_id, params,
                                self.adapter)
         module.train(self.training)
+        if self._gate_hooks:  # drop the closed units: a genuinely smaller network
+            pruned: nn.Module = module.pruned(masks_for(params, self.spec))  # type: ignore[operator]
+            return pruned
         return module
 
 

@@ -155,8 +155,12 @@ def fit(config: RunConfig, run_dir: str | Path, *, target: nn.Module | None = No
             episode = tasks.sample("train", config.train.meta_batch, generator)
             assert episode.query_y is not None
             loss = task_loss(learner(episode), episode.query_y, kind)
+            objective = loss
+            if config.gates.enabled and config.gates.sparsity:
+                cost: Tensor = learner.last_structure_cost  # type: ignore[assignment]
+                objective = loss + config.gates.sparsity * cost
             optimizer.zero_grad(set_to_none=True)
-            torch.autograd.backward(loss)
+            torch.autograd.backward(objective)
             if config.train.clip is not None:
                 nn.utils.clip_grad_norm_(params, config.train.clip)
             optimizer.step()
