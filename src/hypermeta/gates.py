@@ -18,11 +18,11 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from hypermeta.spec import Params, ParamSpec
+from hypermeta.spec import GATE_INITIAL_LOGIT, Params, ParamSpec
 
 BETA, GAMMA, ZETA = 2 / 3, -0.1, 1.1  # the paper's temperature and stretch interval
 GATE_SUFFIX = "gate"  # spec entries are named "<site module>.gate"
-INITIAL_LOGIT = 3.0  # gates start open: P(gate != 0) ~ 0.99
+INITIAL_LOGIT = GATE_INITIAL_LOGIT
 
 
 def gate_values(logits: Tensor, *, training: bool) -> Tensor:

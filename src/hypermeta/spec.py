@@ -21,8 +21,9 @@ KINDS = (
     "film_scale",  # per-channel multiplicative delta (applied as 1 + scale): starts at zero
     "film_shift",  # per-channel additive delta: starts at zero
     "other",  # anything else (e.g. a 1-D learned vector): small normal
-    "gate",  # structure gate logits (log alpha, see gates.py): start at +3, i.e. open
+    "gate",  # structure gate logits (log alpha, see gates.py): start open
 )
+GATE_INITIAL_LOGIT = 1.0  # P(gate != 0) = 0.93 at the start; Adam can still close it quickly
 
 
 @dataclass(frozen=True)
@@ -116,9 +117,9 @@ class ParamSpec:
         return torch.cat(parts)
 
     def offsets(self) -> Tensor:
-        """Per-parameter constant each kind starts from (``[P]``): 1 for norm scales, +3 for gate
-        logits (open), else 0."""
-        start = {"norm_weight": 1.0, "gate": 3.0}
+        """Per-parameter constant each kind starts from (``[P]``): 1 for norm scales,
+        ``GATE_INITIAL_LOGIT`` for gate logits (open), else 0."""
+        start = {"norm_weight": 1.0, "gate": GATE_INITIAL_LOGIT}
         parts = [torch.full((size,), start.get(kind, 0.0))
                  for size, kind in zip(self.sizes(), self.kinds)]
         return torch.cat(parts)

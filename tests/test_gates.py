@@ -1,0 +1,96 @@
+import warnings
+
+import pytest
+import torch
+
+from hypermeta import MLP, Conv4, Episode, FunctionalTarget, HyperModel, MLPHyperNet, SetEncoder
+from hypermeta.gates import binary_gates, count_flops, gate_values, structure_cost
+from tests.helpers import random_params, task
+
+
+def gated_params(target, num_tasks, scale=2.0):
+    params = random_params(target, num_tasks)
+    for name, kind in zip(target.spec.names, target.spec.kinds):
+        if kind == "gate":
+            params[name] = torch.randn_like(params[name]) * scale
+    return params
+
+
+def test_gates_are_exactly_binary_at_evaluation_and_relaxed_in_training():
+    logits = torch.randn(1000) * 3
+    hard = gate_values(logits, training=False)
+    assert set(hard.unique().tolist()) <= {0.0, 1.0}
+    soft = gate_values(logits, training=True)
+    assert soft.min() >= 0 and soft.max() <= 1
+    assert (soft == 0).any() and (soft == 1).any() and ((soft > 0) & (soft < 1)).any()
+    assert torch.equal(hard.bool(), binary_gates(logits))
+
+
+@pytest.mark.parametrize("net, x_shape", [(lambda: MLP(2, 3, hidden=(16, 12)), (2,)),
+                                          (lambda: Conv4(hidden=8), (1, 28, 28))],
+                         ids=["mlp", "conv4"])
+def test_pruned_network_equals_gated_output_and_is_smaller(net, x_shape):
+    full = net()
+    target = FunctionalTarget(full, gates=True).double().eval()
+    params = gated_params(target, 3)
+    x = torch.randn(3, 5, *x_shape, dtype=torch.float64)
+    out = target(params, x)
+    for i in range(3):
+        small = target.materialize(task(params, i))
+        assert type(small) is type(full)
+        torch.testing.assert_close(small(x[i]), out[i], rtol=1e-9, atol=1e-9)
+        assert sum(p.numel() for p in small.parameters()) < sum(
+            p.numel() for p in full.parameters())
+        assert count_flops(small, x[i]) < count_flops(full.double(), x[i])
+        one = {k: v[i:i + 1] for k, v in params.items()}
+        torch.testing.assert_close(target(one, x[i:i + 1])[0], out[i], rtol=0, atol=1e-12)
+
+
+def test_a_site_never_loses_every_unit_and_says_so():
+    target = FunctionalTarget(MLP(1, 1, hidden=(6,)), gates=True).double().eval()
+    params = random_params(target, 1)
+    params["0.gate"] = -torch.rand(1, 6, dtype=torch.float64) - 1  # every gate closed
+    with pytest.warns(RuntimeWarning, match="would remove every unit"):
+        small = target.materialize(task(params, 0))
+    assert small.config["hidden"] == [1]
+    x = torch.randn(1, 4, 1, dtype=torch.float64)
+    torch.testing.assert_close(small(x[0]), target(params, x)[0])
+
+
+def test_gradients_reach_the_gate_generator():
+    target = FunctionalTarget(MLP(1, 1, hidden=(8,)), gates=True)
+    hyper = MLPHyperNet(target.spec, 8)
+    model = HyperModel(SetEncoder(1, 1, 8), hyper, target).train()
+    ep = Episode(torch.randn(4, 5, 1), torch.randn(4, 5, 1), torch.randn(4, 6, 1),
+                 torch.randn(4, 6, 1))
+    loss = ((model(ep) - ep.query_y) ** 2).mean() + model.last_structure_cost
+    loss.backward()
+    start = sum(target.spec.sizes()[:-1])  # the gate logits are the last spec entry
+    assert target.spec.kinds[-1] == "gate"
+    assert hyper.head.weight.grad[start:].abs().sum() > 0
+    assert hyper.head.bias.grad[start:].abs().sum() > 0
+
+
+def test_sparsity_cost_lowers_the_active_size(tmp_path):
+    from hypermeta.build import load_learner
+    from hypermeta.config import RunConfig
+    from hypermeta.train import fit
+
+    active = {}
+    for sparsity in (0.0, 1.0):
+        config = RunConfig.from_dict({
+            "method": "hypernet", "tasks": {"name": "sinusoid", "shots": 5},
+            "target": {"name": "mlp", "in_dim": 1, "out_dim": 1, "hidden": [32, 32]},
+            "encoder": {"kind": "set", "dim": 16, "hidden": 32}, "hypernet": {"hidden": [32]},
+            "gates": {"enabled": True, "sparsity": sparsity},
+            "train": {"steps": 150, "meta_batch": 8, "val_every": 150, "val_tasks": 10,
+                      "lr": 1e-2}})
+        fit(config, tmp_path / str(sparsity), progress=False)
+        model, _, tasks, _ = load_learner(tmp_path / str(sparsity))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            nets = model.generate(tasks.fixed_tasks("test", 20))
+        active[sparsity] = sum(sum(n.config["hidden"]) for n in nets) / len(nets)
+        params = model.params(tasks.fixed_tasks("test", 20))
+        assert 0 <= structure_cost(params, model.target.spec) <= 1
+    assert active[1.0] < 0.8 * active[0.0], active
