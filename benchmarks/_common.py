@@ -52,6 +52,19 @@ def write_result(path: Path, payload: dict[str, Any]) -> Path:
     return atomic_write_json(path, payload)
 
 
+def train_in_chunks(config: Any, run_dir: Path, deadline: float, chunk: int = 500) -> Any:
+    """``fit`` in chunks of ``chunk`` steps until complete (-> FitResult) or past ``deadline``
+    (-> None; the next call resumes exactly where this one stopped)."""
+    from hypermeta.train import fit
+
+    result = None
+    while result is None or not result.complete:
+        if time.time() > deadline:
+            return None
+        result = fit(config, run_dir, max_steps=chunk, progress=False)
+    return result
+
+
 def interleaved_medians(arms: dict[str, Callable[[], None]], repeats: int,
                         warmup: int = 2) -> dict[str, dict[str, Any]]:
     """Time each arm ``repeats`` times, alternating arms (and their order) within every round,

@@ -34,13 +34,13 @@ from _common import (  # noqa: E402
     environment,
     interleaved_medians,
     result_path,
+    train_in_chunks,
     write_result,
 )
 
 from hypermeta.build import load_learner  # noqa: E402
 from hypermeta.config import RunConfig  # noqa: E402
 from hypermeta.evaluate import evaluate  # noqa: E402
-from hypermeta.train import fit  # noqa: E402
 
 METHODS = ("hypernet", "maml", "fomaml", "scratch")
 FINETUNE_STEPS = 10
@@ -59,11 +59,9 @@ def run_unit(method: str, shots: int, seed: int, runs: Path, deadline: float,
     """Train (in chunks, until the deadline) and evaluate one (method, K, seed)."""
     config = unit_config(method, shots, seed, smoke)
     run_dir = runs / f"{method}-k{shots}-s{seed}"
-    result = None
-    while result is None or not result.complete:
-        if time.time() > deadline:
-            return None
-        result = fit(config, run_dir, max_steps=500, progress=False)
+    result = train_in_chunks(config, run_dir, deadline)
+    if result is None:
+        return None
     learner, _, tasks, cid = load_learner(run_dir)
     test = tasks.fixed_tasks("test")
     out: dict[str, Any] = {

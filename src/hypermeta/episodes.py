@@ -57,7 +57,11 @@ class Episode:
 
     def task(self, index: int) -> Episode:
         """The sub-episode holding only task ``index`` (task dimension kept, of size 1)."""
-        sl = slice(index, index + 1)
+        return self.slice(index, index + 1)
+
+    def slice(self, start: int, stop: int) -> Episode:
+        """The sub-episode of tasks ``start:stop``."""
+        sl = slice(start, stop)
         desc = self.descriptor
         return replace(
             self,

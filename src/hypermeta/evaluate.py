@@ -69,17 +69,8 @@ def evaluate(predict: Callable[[Episode], Tensor], episodes: Episode, kind: Task
     """
     values = []
     for start in range(0, episodes.num_tasks, batch):
-        chunk = _slice(episodes, start, start + batch)
+        chunk = episodes.slice(start, start + batch)
         assert chunk.query_y is not None
         pred = predict(chunk)
         values.append(per_task_metric(pred.detach().cpu(), chunk.query_y.cpu(), kind))
     return summarize(torch.cat(values))
-
-
-def _slice(episode: Episode, start: int, stop: int) -> Episode:
-    sl = slice(start, stop)
-    desc = episode.descriptor
-    return Episode(episode.support_x[sl], episode.support_y[sl], episode.query_x[sl],
-                   None if episode.query_y is None else episode.query_y[sl],
-                   None if desc is None else desc[sl],
-                   None if episode.support_mask is None else episode.support_mask[sl])

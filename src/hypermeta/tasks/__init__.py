@@ -7,9 +7,11 @@ from typing import Any
 from hypermeta.tasks.arrays import LabeledArrayTasks
 from hypermeta.tasks.base import SPLITS, FunctionTasks, Split, TaskSource, split_seed
 from hypermeta.tasks.linear import LinearTasks
+from hypermeta.tasks.mixed import MixedTasks
 from hypermeta.tasks.sinusoid import SinusoidTasks
 
-TASKS: dict[str, type[TaskSource]] = {"sinusoid": SinusoidTasks, "linear": LinearTasks}
+TASKS: dict[str, type[TaskSource]] = {"sinusoid": SinusoidTasks, "linear": LinearTasks,
+                                       "mixed": MixedTasks}
 
 
 def get_tasks(name: str, **kwargs: Any) -> TaskSource:
@@ -22,5 +24,5 @@ def get_tasks(name: str, **kwargs: Any) -> TaskSource:
         raise TypeError(f"bad arguments for task family {name!r}: {err}") from None
 
 
-__all__ = ["SPLITS", "TASKS", "FunctionTasks", "LabeledArrayTasks", "LinearTasks",
+__all__ = ["SPLITS", "TASKS", "FunctionTasks", "LabeledArrayTasks", "LinearTasks", "MixedTasks",
            "SinusoidTasks", "Split", "TaskSource", "get_tasks", "split_seed"]
