@@ -57,7 +57,7 @@ def spearman(a: list[float], b: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8000)
-    parser.add_argument("--sparsity", type=float, default=0.05)
+    parser.add_argument("--sparsity", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budget-minutes", type=float, default=9.0)
     parser.add_argument("--smoke", action="store_true")
@@ -70,13 +70,14 @@ def main() -> None:
     path = result_path("structure", "mixed", smoke=args.smoke)
     results: dict[str, Any] = {}
     for name, gated in (("gated", True), ("ungated", False)):
+        run_name = f"gated-l{args.sparsity:g}-n{args.steps}" if gated else f"ungated-n{args.steps}"
         if train_in_chunks(config(gated, args.steps, args.sparsity, args.seed),
-                           runs / name, deadline) is None:
+                           runs / run_name, deadline) is None:
             write_result(path, {"benchmark": "structure", "complete": False, "summary": {},
                                 "environment": env, "config": vars(args)})
             print(f"budget used; rerun to continue ({path})")
             sys.exit(3)
-        model, _, tasks, _ = load_learner(runs / name)
+        model, _, tasks, _ = load_learner(runs / run_name)
         test = tasks.fixed_tasks("test")
         with torch.no_grad():
             mse = per_task_metric(model.predict(test), test.query_y, "regression")

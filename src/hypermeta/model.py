@@ -74,6 +74,30 @@ class HyperModel(nn.Module):
             raise TypeError(f"{run_dir} holds a {config.method} run, not a HyperModel")
         return learner
 
+    def parameter_report(self) -> dict[str, float]:
+        """Where the parameters are, and what sharing saves.
+
+        ``compression_ratio``: hypernetwork + shared target parameters over the parameters of
+        one complete target network (below 1: the whole model is smaller than one network).
+        ``stored_per_task``: numbers kept per additional task — a ``TaskEmbedding`` row, or 0
+        when the descriptor (support set, features, text) arrives with the request — against
+        ``target_params`` for storing a whole network per task.
+        """
+        from hypermeta.encoders import TaskEmbedding
+        from hypermeta.hypernets import count_parameters
+
+        generated = self.target.spec.numel()
+        shared = count_parameters(self.target)
+        gate_units = sum(s for s, k in zip(self.target.spec.sizes(), self.target.spec.kinds)
+                         if k == "gate")
+        full = generated - gate_units + shared if self.target.adapter == "full" else shared
+        hyper = count_parameters(self.hypernet)
+        per_task = self.encoder.out_dim if isinstance(self.encoder, TaskEmbedding) else 0
+        return {"encoder_params": count_parameters(self.encoder), "hypernet_params": hyper,
+                "shared_target_params": shared, "generated_per_task": generated,
+                "target_params": full, "compression_ratio": (hyper + shared) / full,
+                "stored_per_task": per_task}
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

@@ -104,8 +104,8 @@ class ParamSpec:
         """Per-parameter target std (one value per scalar, ``[P]``) used by hyperfan init.
 
         Weights get He's ``sqrt(2 / fan)`` (``mode`` = ``"fan_in"`` or ``"fan_out"``); low-rank
-        input factors the same; every kind whose task-independent value is a constant (biases,
-        norms, deltas) gets zero.
+        input factors the same; gate logits 1 (so each task's gates differ from the start);
+        every kind whose task-independent value is a constant (biases, norms, deltas) gets zero.
         """
         if mode not in ("fan_in", "fan_out"):
             raise ValueError(f"mode must be 'fan_in' or 'fan_out', got {mode!r}")
@@ -113,6 +113,7 @@ class ParamSpec:
         parts = []
         for size, kind, fan in zip(self.sizes(), self.kinds, fans):
             std = math.sqrt(2.0 / max(fan, 1)) if kind in ("weight", "lora_a") else 0.0
+            std = 1.0 if kind == "gate" else std
             parts.append(torch.full((size,), std))
         return torch.cat(parts)
 
