@@ -7,7 +7,7 @@ and training budget: per-task hard-concrete gates over the hidden units of a 1-6
 MSE of both, and for the gated one the FLOPs (``FlopCounterMode``) and parameters of each task's
 pruned network, grouped by kind.
 
-    python benchmarks/structure.py            # resumable; results/structure-mixed.json
+    python benchmarks/structure.py [--sparsity 0.02]  # results/structure-mixed-l0.02.json
     python benchmarks/structure.py --smoke    # tiny budget, *-smoke.json
 """
 
@@ -67,7 +67,7 @@ def main() -> None:
     deadline = time.time() + 60 * args.budget_minutes
     env = environment([args.seed])
     runs = ROOT / "benchmarks" / "runs" / ("structure-smoke" if args.smoke else "structure")
-    path = result_path("structure", "mixed", smoke=args.smoke)
+    path = result_path("structure", f"mixed-l{args.sparsity:g}", smoke=args.smoke)
     results: dict[str, Any] = {}
     for name, gated in (("gated", True), ("ungated", False)):
         run_name = f"gated-l{args.sparsity:g}-n{args.steps}" if gated else f"ungated-n{args.steps}"
