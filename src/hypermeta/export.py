@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -76,6 +77,8 @@ def export_network(module: nn.Module, path: str | Path, fmt: Format, *, example:
 def _onnx(module: nn.Module, inputs: tuple[Tensor, ...], path: Path, dynamic: Any,
           names: list[str] | None = None) -> Path:
     tmp = path.with_name(f".{path.name}.partial.onnx")
+    # the exporter logs one line per optional torchvision op it cannot find: not our concern
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter warns about optional torchvision ops
         torch.onnx.export(module, inputs, str(tmp), dynamo=True, dynamic_shapes=dynamic,
