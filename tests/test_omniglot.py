@@ -117,3 +117,15 @@ def test_prepare_round_trip_equals_the_shipped_arrays(tmp_path):
         # labels run 0.. in traversal order; the shipped ones are global ids in the same order
         assert np.array_equal(np.unique(made28["label"], return_inverse=True)[1],
                               np.unique(shipped28["label"], return_inverse=True)[1])
+
+
+@needs_data
+def test_omniglot_is_a_registered_family_for_configs():
+    from hypermeta.build import build_tasks
+    from hypermeta.config import RunConfig
+
+    config = RunConfig.from_file(Path(__file__).resolve().parents[1] / "configs"
+                                 / "omniglot_hypernet_film.yaml")
+    tasks = build_tasks(config)
+    assert tasks.name == "omniglot" and tasks.task_kind == "classification"
+    assert tasks.x_shape == (1, 28, 28) and tasks.out_dim == 5

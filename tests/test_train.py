@@ -159,3 +159,12 @@ def test_hypermodel_load_rebuilds_builtin_and_custom_targets(tmp_path):
     loaded = HyperModel.load(tmp_path / "custom", target=net)
     weights, _, _ = load_checkpoint(tmp_path / "custom" / "best.safetensors")
     assert all(torch.equal(weights[k], v) for k, v in loaded.state_dict().items())
+
+
+def test_content_id_covers_scalar_and_integer_tensors():
+    from hypermeta.checkpoint import content_id
+
+    weights = {"bn.num_batches_tracked": torch.tensor(3), "w": torch.ones(2, 2)}
+    first = content_id("{}", weights)
+    weights["bn.num_batches_tracked"] = torch.tensor(4)
+    assert content_id("{}", weights) != first

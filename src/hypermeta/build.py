@@ -19,7 +19,7 @@ from hypermeta.encoders import (
 )
 from hypermeta.hypernets import ChunkedHyperNet, DeltaHyperNet, MLPHyperNet
 from hypermeta.model import HyperModel
-from hypermeta.networks import build_network
+from hypermeta.networks import Conv4, build_network
 from hypermeta.spec import ParamSpec
 from hypermeta.target import FunctionalTarget
 from hypermeta.tasks import TaskSource, get_tasks
@@ -83,13 +83,22 @@ def build_learner(config: RunConfig, tasks: TaskSource,
 def _encoder(config: RunConfig, tasks: TaskSource) -> nn.Module:
     enc = config.encoder
     if enc.kind == "set":
+        x_encoder: nn.Module | None = None
         x_dim = 1
         for s in tasks.x_shape:
             x_dim *= s
+        if enc.x_encoder == "conv4":  # images -> conv-4 features, trained with the encoder
+            if len(tasks.x_shape) != 3:
+                raise ConfigError(f"encoder.x_encoder: conv4 needs image inputs [C, H, W]; "
+                                  f"{tasks.name!r} has {list(tasks.x_shape)}")
+            channels, size = tasks.x_shape[0], tasks.x_shape[1]
+            backbone = Conv4(in_channels=channels, image_size=size)
+            x_encoder = nn.Sequential(backbone.features, nn.Flatten())
+            x_dim = backbone.head.in_features
         classification = tasks.task_kind == "classification"
         return SetEncoder(x_dim, tasks.out_dim, enc.dim, hidden=enc.hidden,
                           num_classes=tasks.out_dim if classification else None,
-                          pooling=enc.pooling)
+                          pooling=enc.pooling, x_encoder=x_encoder)
     if enc.kind == "task_id":
         assert enc.num_tasks is not None
         return TaskEmbedding(enc.num_tasks, enc.dim)

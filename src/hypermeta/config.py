@@ -41,6 +41,8 @@ class EncoderConfig(_Strict):
     num_tasks: int | None = Field(None, ge=1, description="for kind=task_id")
     in_dim: int | None = Field(None, ge=1, description="descriptor width for kind=features")
     buckets: int = Field(4096, ge=1, description="for kind=hashed")
+    x_encoder: Literal["none", "conv4"] = Field(
+        "none", description="embed each support input first (conv4: images -> 64-d features)")
 
 
 class HypernetConfig(_Strict):

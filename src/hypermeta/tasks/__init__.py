@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from hypermeta.tasks.arrays import LabeledArrayTasks
 from hypermeta.tasks.base import SPLITS, FunctionTasks, Split, TaskSource, split_seed
 from hypermeta.tasks.linear import LinearTasks
 from hypermeta.tasks.mixed import MixedTasks
+from hypermeta.tasks.omniglot import omniglot_tasks
 from hypermeta.tasks.sinusoid import SinusoidTasks
 
-TASKS: dict[str, type[TaskSource]] = {"sinusoid": SinusoidTasks, "linear": LinearTasks,
-                                       "mixed": MixedTasks}
+# name -> constructor of a TaskSource (a class, or a loader such as omniglot_tasks(data_dir=...,
+# ways=..., shots=..., queries=...), which finds its data through HYPERMETA_DATA by default)
+TASKS: dict[str, Callable[..., TaskSource]] = {"sinusoid": SinusoidTasks, "linear": LinearTasks,
+                                               "mixed": MixedTasks, "omniglot": omniglot_tasks}
 
 
 def get_tasks(name: str, **kwargs: Any) -> TaskSource:
