@@ -58,6 +58,8 @@ class HyperModel(nn.Module):
         if z_dim != out_dim:
             raise ValueError(f"encoder.out_dim ({out_dim}) must equal hypernet.z_dim ({z_dim})")
         self.encoder, self.hypernet, self.target = encoder, hypernet, target
+        # set by forward when the target has gates: expected fraction of open gated units
+        self.last_structure_cost: Tensor = torch.zeros(())
 
     @classmethod
     def load(cls, run_dir: str | Path, *, target: nn.Module | None = None,
@@ -132,8 +134,8 @@ class HyperModel(nn.Module):
         z = self.encoder(episode)  # (T, Z)
         params = self.hypernet(z)  # {name: (T, *shape)}
         out: Tensor = self.target(params, episode.query_x)  # (T, Q, ...)
-        # expected fraction of active gated units (0 without gates): the trainer's sparsity cost
-        self.last_structure_cost = structure_cost(params, self.target.spec)
+        if self.target.has_gates:  # expected fraction of open units: the sparsity cost
+            self.last_structure_cost = structure_cost(params, self.target.spec)
         return out
 
     def adapted_params(self, episode: Episode, finetune_steps: int | None = None) -> Params:

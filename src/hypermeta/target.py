@@ -226,6 +226,11 @@ class FunctionalTarget(nn.Module):
         )
 
     # ----------------------------------------------------------------------------- API
+    @property
+    def has_gates(self) -> bool:
+        """Whether this target generates structure gates (``gates=True``)."""
+        return bool(self._gate_hooks)
+
     def initial_params(self) -> Params:
         """The task-independent starting value of every generated tensor (one task, no T dim).
 

@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -261,7 +261,3 @@ def _pretrain(learner: nn.Module, tasks: Any, config: RunConfig,
             if set_base is None:
                 raise ConfigError("train.pretrain_steps: this hypernetwork has no set_base")
             set_base(flat.detach())
-
-
-def summary_json(result: FitResult) -> dict[str, Any]:
-    return asdict(result)
