@@ -1,7 +1,7 @@
 """Accuracy against compression: sweep the chunked hypernetwork's size and the delta rank.
 
 Sinusoid K=10, same encoder and budget for every variant; the compression ratio is
-``HyperModel.parameter_report()["compression_ratio"]`` (hypernetwork + shared target
+``HyperModel.parameter_report()["size_ratio"]`` (hypernetwork + shared target
 parameters over one 1-40-40-1 target network). Writes results/compression-sinusoid.json and a
 PNG of test MSE against compression ratio.
 
@@ -63,13 +63,13 @@ def plot(rows: dict[str, dict[str, Any]], path: Path) -> None:
     for name, row in rows.items():
         family = name.split("-")[0]
         marker = {"mlp": "o", "chunked": "s", "lowrank": "^", "film": "D"}[family]
-        ax.scatter(row["compression_ratio"], row["test_mse"], marker=marker, s=50)
-        ax.annotate(name, (row["compression_ratio"], row["test_mse"]), fontsize=8,
+        ax.scatter(row["size_ratio"], row["test_mse"], marker=marker, s=50)
+        ax.annotate(name, (row["size_ratio"], row["test_mse"]), fontsize=8,
                     xytext=(4, 4), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.axvline(1.0, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("compression ratio (hypernet + shared params) / one target network")
+    ax.set_xlabel("size ratio: (hypernet + shared params) / one target network")
     ax.set_ylabel("test MSE, sinusoid K=10 (1,000 tasks)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -97,10 +97,10 @@ def main() -> None:
         test = evaluate(model.predict, tasks.fixed_tasks("test"), "regression")
         rows[name] = {**report, "test_mse": test["mean"], "test_ci95": test["ci95"],
                       "train_seconds": result.train_seconds}
-        print(f"{name:18s} ratio {report['compression_ratio']:8.3f}  MSE {test['mean']:.4f}",
+        print(f"{name:18s} ratio {report['size_ratio']:8.3f}  MSE {test['mean']:.4f}",
               flush=True)
     complete = len(rows) == len(VARIANTS)
-    summary = {name: {"compression_ratio": r["compression_ratio"], "test_mse": r["test_mse"]}
+    summary = {name: {"size_ratio": r["size_ratio"], "test_mse": r["test_mse"]}
                for name, r in rows.items()}
     payload = {"benchmark": "compression", "complete": complete, "summary": summary,
                "rows": rows, "config": vars(args), "environment": env}

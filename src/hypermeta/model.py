@@ -79,8 +79,10 @@ class HyperModel(nn.Module):
     def parameter_report(self) -> dict[str, float]:
         """Where the parameters are, and what sharing saves.
 
-        ``compression_ratio``: hypernetwork + shared target parameters over the parameters of
-        one complete target network (below 1: the whole model is smaller than one network).
+        ``size_ratio``: hypernetwork + shared target parameters over the parameters of one
+        complete target network (below 1: the whole model is smaller than one network). It
+        differs from a generator's ``compression_ratio`` (generator over *generated* parameters)
+        where deltas are generated: there the generated part is small by design.
         ``stored_per_task``: numbers kept per additional task — a ``TaskEmbedding`` row, or 0
         when the descriptor (support set, features, text) arrives with the request — against
         ``target_params`` for storing a whole network per task.
@@ -97,7 +99,7 @@ class HyperModel(nn.Module):
         per_task = self.encoder.out_dim if isinstance(self.encoder, TaskEmbedding) else 0
         return {"encoder_params": count_parameters(self.encoder), "hypernet_params": hyper,
                 "shared_target_params": shared, "generated_per_task": generated,
-                "target_params": full, "compression_ratio": (hyper + shared) / full,
+                "target_params": full, "size_ratio": (hyper + shared) / full,
                 "stored_per_task": per_task}
 
     @property
