@@ -1,9 +1,9 @@
 """Accuracy against compression: sweep the chunked hypernetwork's size and the delta rank.
 
-Sinusoid K=10, same encoder and budget for every variant; the compression ratio is
+Sinusoid K=10, same encoder and budget for every variant; the size ratio is
 ``HyperModel.parameter_report()["size_ratio"]`` (hypernetwork + shared target
 parameters over one 1-40-40-1 target network). Writes results/compression-sinusoid.json and a
-PNG of test MSE against compression ratio.
+PNG of test MSE against that ratio (and each generator's ``compression_ratio`` in the JSON).
 
     python benchmarks/compression.py            # resumable
     python benchmarks/compression.py --smoke    # tiny budget, *-smoke files
@@ -96,6 +96,7 @@ def main() -> None:
         report = model.parameter_report()
         test = evaluate(model.predict, tasks.fixed_tasks("test"), "regression")
         rows[name] = {**report, "test_mse": test["mean"], "test_ci95": test["ci95"],
+                      "generator_compression_ratio": model.hypernet.compression_ratio,
                       "train_seconds": result.train_seconds}
         print(f"{name:18s} ratio {report['size_ratio']:8.3f}  MSE {test['mean']:.4f}",
               flush=True)
