@@ -150,7 +150,6 @@ def _task_network(run_dir: Path, support: Path | None, descriptor: str | None,
     """One task's generated network from a run: (network, model, config, content id, example
     input batch for export)."""
     from hypermeta.build import load_learner
-    from hypermeta.episodes import Episode
     from hypermeta.model import HyperModel
 
     if (support is None) == (descriptor is None):
@@ -158,26 +157,17 @@ def _task_network(run_dir: Path, support: Path | None, descriptor: str | None,
     model, config, source, cid = load_learner(run_dir, which=which)
     if not isinstance(model, HyperModel):
         raise ValueError(f"{run_dir} holds a {config.method} run; this needs a hypernet run")
-    x_shape = source.x_shape
     if support is not None:
         if not support.is_file():
             raise FileNotFoundError(f"--support file {support} does not exist")
         with np.load(support, allow_pickle=False) as data:
             if "x" not in data or "y" not in data:
                 raise ValueError(f"--support {support} must hold arrays 'x' and 'y'")
-            x = torch.as_tensor(data["x"]).float()[None]
-            y = torch.as_tensor(data["y"])[None]
-        y = y.long() if source.task_kind == "classification" else y.float()
-        if source.task_kind == "regression" and y.dim() == 2:
-            y = y[..., None]
-        episode = Episode(x, y, x[:, :1])
+            episode = source.support_episode(torch.as_tensor(data["x"]),
+                                             torch.as_tensor(data["y"]))
     else:
         assert descriptor is not None
-        x = torch.zeros(1, 0, *x_shape)
-        y_empty = torch.zeros(1, 0, dtype=torch.long) if source.task_kind == "classification" \
-            else torch.zeros(1, 0, source.out_dim)
-        episode = Episode(x, y_empty, torch.zeros(1, 1, *x_shape),
-                          descriptor=_descriptor(descriptor, config.encoder.kind))
+        episode = source.descriptor_episode(_descriptor(descriptor, config.encoder.kind))
     network = model.generate(episode)[0]
     example = source.fixed_tasks("val", 1).query_x[0]  # (Q, ...) one batch of real inputs
     return network, model, config, cid, example

@@ -170,9 +170,7 @@ def create_app(run_dir: str | Path, *, state_dir: str | Path | None = None,
         y = array(support.y, "support.y", y_shape, integer=kind == "classification")
         if len(x) != len(y):
             raise bad(f"support.x has {len(x)} rows but support.y has {len(y)}")
-        if kind == "regression" and y.dim() == 1:
-            y = y[:, None]
-        return Episode(x[None], y[None], x[None, :1])
+        return source.support_episode(x, y)
 
     def task_episode(request: dict[str, Any]) -> Episode:
         if request.get("support") is not None:
@@ -195,10 +193,7 @@ def create_app(run_dir: str | Path, *, state_dir: str | Path | None = None,
                           integer=False)
         else:
             raise bad("this model reads support sets: send 'support', not 'descriptor'")
-        empty_y = (torch.zeros(1, 0, dtype=torch.long) if kind == "classification"
-                   else torch.zeros(1, 0, source.out_dim))
-        return Episode(torch.zeros(1, 0, *x_shape), empty_y, torch.zeros(1, 1, *x_shape),
-                       descriptor=value)
+        return source.descriptor_episode(value)
 
     def generate(episode: Episode) -> Params:
         try:

@@ -62,6 +62,22 @@ class TaskSource(abc.ABC):
     def _fixed(self, split: Split, count: int, generator: torch.Generator) -> Episode:
         return self.sample(split, count, generator)
 
+    def support_episode(self, x: Tensor, y: Tensor) -> Episode:
+        """One task whose support set is ``x [S, *x_shape]``, ``y [S]`` (class labels) or
+        ``[S]``/``[S, out_dim]`` (regression), in this family's dtypes (for generation)."""
+        x = x.float()
+        y = y.long() if self.task_kind == "classification" else y.float()
+        if self.task_kind == "regression" and y.dim() == 1:
+            y = y[:, None]
+        return Episode(x[None], y[None], x[None, :1])
+
+    def descriptor_episode(self, descriptor: Tensor | list[str]) -> Episode:
+        """One task given by its descriptor alone (an empty support set of the right shapes)."""
+        empty_y = (torch.zeros(1, 0, dtype=torch.long) if self.task_kind == "classification"
+                   else torch.zeros(1, 0, self.out_dim))
+        return Episode(torch.zeros(1, 0, *self.x_shape), empty_y,
+                       torch.zeros(1, 1, *self.x_shape), descriptor=descriptor)
+
     def config(self) -> dict[str, object]:
         """The JSON-able arguments that rebuild this source via ``get_tasks``."""
         return {"name": self.name, "shots": self.shots, "queries": self.queries}
