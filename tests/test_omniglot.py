@@ -128,4 +128,4 @@ def test_omniglot_is_a_registered_family_for_configs():
                                  / "omniglot_hypernet_film.yaml")
     tasks = build_tasks(config)
     assert tasks.name == "omniglot" and tasks.task_kind == "classification"
-    assert tasks.x_shape == (1, 28, 28) and tasks.out_dim == 5
+    assert tasks.x_shape == (1, 28, 28) and tasks.out_dim == 20

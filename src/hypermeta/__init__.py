@@ -12,7 +12,13 @@ from hypermeta.encoders import (
     stable_hash,
 )
 from hypermeta.episodes import Episode
-from hypermeta.hypernets import ChunkedHyperNet, DeltaHyperNet, MLPHyperNet, count_parameters
+from hypermeta.hypernets import (
+    ChunkedHyperNet,
+    ClassHead,
+    DeltaHyperNet,
+    MLPHyperNet,
+    count_parameters,
+)
 from hypermeta.model import HyperModel
 from hypermeta.networks import MLP, NETWORKS, Conv4, GRUNet, LSTMNet, TransformerNet, build_network
 from hypermeta.spec import Params, ParamSpec
@@ -24,6 +30,7 @@ __all__ = [
     "MLP",
     "NETWORKS",
     "ChunkedHyperNet",
+    "ClassHead",
     "Conv4",
     "DeltaHyperNet",
     "Episode",

@@ -9,12 +9,12 @@ adapt to each support set, then predict the queries).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hypermeta.adapt import adapt
-from hypermeta.episodes import Episode
+from hypermeta.episodes import Episode, episode_ways
 from hypermeta.evaluate import TaskKind, per_task_loss
+from hypermeta.hypernets import class_means
 from hypermeta.spec import Params
 from hypermeta.target import FunctionalTarget
 
@@ -69,7 +69,8 @@ class ProtoNet(nn.Module):
 
     Arguments:
         embedding: any module ``[N, ...] -> [N, D]`` (e.g. the conv-4 feature extractor).
-        ways: classes per episode.
+        ways: classes of a training episode (for reference: every episode's way count is
+            read from its support labels, so a model trained 20-way evaluates 5-way).
     """
 
     def __init__(self, embedding: nn.Module, ways: int) -> None:
@@ -83,9 +84,8 @@ class ProtoNet(nn.Module):
         emb = self.embedding(both).flatten(1)
         support = emb[: num_tasks * shots].reshape(num_tasks, shots, -1)  # (T, S, D)
         query = emb[num_tasks * shots:].reshape(num_tasks, queries, -1)  # (T, Q, D)
-        onehot = F.one_hot(episode.support_y.long(), self.ways).to(emb.dtype)  # (T, S, N)
-        counts = onehot.sum(1).clamp_min(1.0)[..., None]  # (T, N, 1)
-        prototypes = onehot.transpose(1, 2) @ support / counts  # (T, N, D)
+        prototypes = class_means(support, episode.support_y, episode_ways(episode),
+                                 episode.support_mask)  # (T, N, D)
         return -torch.cdist(query, prototypes) ** 2  # (T, Q, N) logits
 
     def predict(self, episode: Episode) -> Tensor:

@@ -17,7 +17,7 @@ from hypermeta.encoders import (
     TaskEmbedding,
     TextEncoder,
 )
-from hypermeta.hypernets import ChunkedHyperNet, DeltaHyperNet, MLPHyperNet
+from hypermeta.hypernets import ChunkedHyperNet, ClassHead, DeltaHyperNet, MLPHyperNet
 from hypermeta.model import HyperModel
 from hypermeta.networks import Conv4, build_network
 from hypermeta.spec import ParamSpec
@@ -68,16 +68,25 @@ def build_learner(config: RunConfig, tasks: TaskSource,
     if method == "scratch":
         return Scratch(FunctionalTarget(net, batchnorm=config.batchnorm), kind,
                        steps=config.scratch.steps, lr=config.scratch.lr)
+    head = config.class_head
+    if head.enabled and kind != "classification":
+        raise ConfigError(f"class_head.enabled: needs a classification task family; "
+                          f"{tasks.name!r} is {kind}")
     try:
         functional = FunctionalTarget(net, generate=config.generate, adapter=config.adapter,
                                       rank=config.rank, batchnorm=config.batchnorm,
-                                      gates=config.gates.enabled)
+                                      gates=config.gates.enabled,
+                                      class_head=head.module if head.enabled else None)
     except ValueError as err:
-        raise ConfigError(f"generate/adapter: {err}") from None
-    encoder = _encoder(config, tasks)
-    hypernet = _hypernet(config, functional.spec, functional)
+        raise ConfigError(f"generate/adapter/class_head: {err}") from None
+    encoder, hypernet = None, None
+    if len(functional.spec):
+        encoder = _encoder(config, tasks)
+        hypernet = _hypernet(config, functional.spec, functional)
+    class_head = ClassHead(functional.feature_dim, head.hidden) if head.enabled else None
     return HyperModel(encoder, hypernet, functional, kind=kind,
-                      finetune_steps=config.finetune.steps, finetune_lr=config.finetune.lr)
+                      finetune_steps=config.finetune.steps, finetune_lr=config.finetune.lr,
+                      class_head=class_head)
 
 
 def _encoder(config: RunConfig, tasks: TaskSource) -> nn.Module:

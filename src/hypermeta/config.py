@@ -58,6 +58,13 @@ class GatesConfig(_Strict):
     sparsity: float = Field(0.0, ge=0, description="weight of the expected active fraction")
 
 
+class ClassHeadConfig(_Strict):
+    enabled: bool = Field(False, description="generate the target's final layer per class "
+                                             "from the support set (classification; any ways)")
+    module: str = Field("head", description="name of the final nn.Linear")
+    hidden: int = Field(256, ge=1, description="width of the head generator's correction MLP")
+
+
 class TrainConfig(_Strict):
     steps: int = Field(10_000, ge=0)
     meta_batch: int = Field(25, ge=1)
@@ -110,6 +117,7 @@ class RunConfig(_Strict):
     encoder: EncoderConfig = EncoderConfig()
     hypernet: HypernetConfig = HypernetConfig()
     gates: GatesConfig = GatesConfig()
+    class_head: ClassHeadConfig = ClassHeadConfig()
     train: TrainConfig = TrainConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     maml: MAMLConfig = MAMLConfig()
@@ -126,6 +134,11 @@ class RunConfig(_Strict):
             problems.append("encoder.num_tasks: required when encoder.kind is 'task_id'")
         if self.gates.enabled and self.method != "hypernet":
             problems.append("gates.enabled: structure gates need method 'hypernet'")
+        if self.class_head.enabled and self.method != "hypernet":
+            problems.append("class_head.enabled: a generated class head needs method 'hypernet'")
+        if self.generate == "none" and not self.class_head.enabled:
+            problems.append("generate: 'none' needs class_head.enabled (else nothing is "
+                            "generated)")
         if self.encoder.kind == "features" and self.encoder.in_dim is None:
             problems.append("encoder.in_dim: required when encoder.kind is 'features'")
         if problems:

@@ -132,6 +132,15 @@ class Episode:
         return self
 
 
+def episode_ways(episode: Episode) -> int:
+    """Number of classes of a classification episode: the largest support label + 1."""
+    y = episode.support_y
+    if y.is_floating_point() or y.numel() == 0:
+        raise ValueError(f"episode_ways needs integer class labels in a non-empty support_y; "
+                         f"got {list(y.shape)} {y.dtype}")
+    return int(y.max()) + 1
+
+
 def _descriptor_problems(descriptor: Descriptor, num_tasks: int) -> list[str]:
     if descriptor is None:
         return []

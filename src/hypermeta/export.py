@@ -116,9 +116,13 @@ class _Generator(nn.Module):
     def __init__(self, model: HyperModel) -> None:
         super().__init__()
         encoder = model.encoder
+        if model.class_head is not None:
+            raise TypeError("this model generates its head per class from the support set; "
+                            "export the generated network of a task (export_network) instead")
         if not isinstance(encoder, (SetEncoder, FeatureEncoder, TaskEmbedding)):
             raise TypeError(f"{type(encoder).__name__} takes string descriptors; export the "
                             "generator of a set, feature or task-id encoder")
+        assert model.hypernet is not None  # a model without a class head has one
         self.encoder, self.hypernet = encoder, model.hypernet
         self.spec = model.target.spec
 

@@ -54,6 +54,12 @@ class _HyperNet(nn.Module):
     spec: ParamSpec
     z_dim: int
 
+    def __init__(self, spec: ParamSpec) -> None:
+        super().__init__()
+        if len(spec) == 0:
+            raise ValueError("the spec is empty: nothing to generate (a target with only a "
+                             "per-class head needs no hypernetwork; pass hypernet=None)")
+
     @property
     def compression_ratio(self) -> float:
         """This generator's trainable parameter count over one target's generated parameters.
@@ -85,7 +91,7 @@ class MLPHyperNet(_HyperNet):
 
     def __init__(self, spec: ParamSpec, z_dim: int, hidden: Sequence[int] = (128, 128), *,
                  init: HyperfanMode = "hyperfan_in") -> None:
-        super().__init__()
+        super().__init__(spec)
         self.spec, self.z_dim = spec, z_dim
         self.trunk, width = _trunk(z_dim, hidden)
         self.head = nn.Linear(width, spec.numel())
@@ -126,7 +132,7 @@ class ChunkedHyperNet(_HyperNet):
     def __init__(self, spec: ParamSpec, z_dim: int, *, chunk_size: int = 256,
                  chunk_dim: int = 16, hidden: Sequence[int] = (64, 64),
                  init: HyperfanMode = "hyperfan_in") -> None:
-        super().__init__()
+        super().__init__(spec)
         if chunk_size < 1 or chunk_dim < 1:
             raise ValueError(f"chunk_size and chunk_dim must be >= 1; got {chunk_size}, "
                              f"{chunk_dim}")
@@ -183,7 +189,7 @@ class DeltaHyperNet(_HyperNet):
 
     def __init__(self, spec: ParamSpec, z_dim: int, hidden: Sequence[int] = (64,), *,
                  base: Params | None = None) -> None:
-        super().__init__()
+        super().__init__(spec)
         self.spec, self.z_dim = spec, z_dim
         start = spec.init_flat() if base is None else spec.flatten(base).detach().float()
         self.base = nn.Parameter(start.clone())
@@ -199,3 +205,60 @@ class DeltaHyperNet(_HyperNet):
     @torch.no_grad()
     def set_base(self, flat: Tensor) -> None:
         self.base.copy_(flat)
+
+
+def class_means(features: Tensor, labels: Tensor, ways: int,
+                mask: Tensor | None = None) -> Tensor:
+    """Mean support feature of each class: ``[T, S, D]``, labels ``[T, S]`` -> ``[T, ways, D]``
+    (padded support examples, ``mask`` False, are left out)."""
+    onehot = torch.nn.functional.one_hot(labels.long(), ways).to(features.dtype)  # (T, S, N)
+    if mask is not None:
+        onehot = onehot * mask.to(features.dtype)[..., None]
+    counts = onehot.sum(1).clamp_min(1.0)[..., None]  # (T, N, 1)
+    return onehot.transpose(1, 2) @ features / counts
+
+
+class ClassHead(nn.Module):
+    """Generates a classifier head one class at a time, so the number of ways is free.
+
+    Class ``c``'s weight row and bias come from the mean feature ``mu_c`` of its support
+    examples (and the mean over all classes, the task context), as in "Few-shot image
+    recognition by predicting parameters from activations" (Qiao et al., CVPR 2018) and the
+    CNAPs classifier (Requeima et al., NeurIPS 2019). It starts as the prototypical-network
+    head ``w_c = 2 mu_c``, ``b_c = -|mu_c|^2`` (softmax-equal to negative squared Euclidean
+    distances, Snell et al. 2017) and learns a correction from a zero-initialised MLP.
+
+    Arguments:
+        feature_dim: width ``D`` of the features the head reads.
+        hidden: width of the correction MLP.
+
+    Example:
+        >>> head = ClassHead(64)
+        >>> weight, bias = head(torch.randn(2, 10, 64), torch.arange(5).repeat(2, 2), ways=5)
+        >>> weight.shape, bias.shape
+        (torch.Size([2, 5, 64]), torch.Size([2, 5]))
+    """
+
+    def __init__(self, feature_dim: int, hidden: int = 256) -> None:
+        super().__init__()
+        if feature_dim < 1 or hidden < 1:
+            raise ValueError(f"feature_dim and hidden must be >= 1; got {feature_dim}, {hidden}")
+        self.feature_dim = feature_dim
+        last = nn.Linear(hidden, feature_dim + 1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.correction = nn.Sequential(nn.Linear(2 * feature_dim, hidden), nn.ReLU(), last)
+
+    def forward(self, features: Tensor, labels: Tensor, ways: int,
+                mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Support ``features [T, S, D]`` and integer ``labels [T, S]`` in ``0..ways-1`` ->
+        ``(weight [T, ways, D], bias [T, ways])``."""
+        if features.dim() != 3 or features.shape[-1] != self.feature_dim:
+            raise ValueError(f"features must have shape [T, S, {self.feature_dim}], got "
+                             f"{list(features.shape)}")
+        mu = class_means(features, labels, ways, mask)  # (T, N, D)
+        context = mu.mean(1, keepdim=True).expand_as(mu)
+        delta = self.correction(torch.cat([mu, context], dim=-1))  # (T, N, D + 1)
+        weight = 2 * mu + delta[..., :-1]
+        bias = -(mu * mu).sum(-1) + delta[..., -1]
+        return weight, bias

@@ -8,9 +8,10 @@ import torch
 from torch import Tensor, nn
 
 from hypermeta.adapt import adapt
-from hypermeta.episodes import Episode
+from hypermeta.episodes import Episode, episode_ways
 from hypermeta.evaluate import TaskKind
 from hypermeta.gates import structure_cost
+from hypermeta.hypernets import ClassHead
 from hypermeta.spec import Params
 from hypermeta.target import FunctionalTarget
 
@@ -28,6 +29,10 @@ class HyperModel(nn.Module):
         finetune_steps: SGD steps of each generated network on its support set in ``predict``
             and ``generate`` (0: use the generated weights as they are).
         finetune_lr: their step size.
+        class_head: a ``ClassHead`` that generates the target's final layer one row per class
+            from the support features (the target is built with ``class_head=``), so one model
+            serves any number of ways. When the target generates nothing else
+            (``generate="none"``), ``encoder`` and ``hypernet`` are ``None``.
 
     Inputs are validated once here (shapes, dtypes, NaN/Inf, empty supports, unknown ids)
     and moved to the model's device; nothing is changed when validation fails.
@@ -39,9 +44,10 @@ class HyperModel(nn.Module):
         >>> nets = model.generate(episode)         # T standalone nn.Modules
     """
 
-    def __init__(self, encoder: nn.Module, hypernet: nn.Module, target: FunctionalTarget, *,
-                 kind: TaskKind = "regression", finetune_steps: int = 0,
-                 finetune_lr: float = 0.01) -> None:
+    def __init__(self, encoder: nn.Module | None, hypernet: nn.Module | None,
+                 target: FunctionalTarget, *, kind: TaskKind = "regression",
+                 finetune_steps: int = 0, finetune_lr: float = 0.01,
+                 class_head: ClassHead | None = None) -> None:
         super().__init__()
         if kind not in ("regression", "classification"):
             raise ValueError(f"kind must be 'regression' or 'classification', got {kind!r}")
@@ -51,13 +57,21 @@ class HyperModel(nn.Module):
         self.kind, self.finetune_steps, self.finetune_lr = kind, finetune_steps, finetune_lr
         if not isinstance(target, FunctionalTarget):
             raise TypeError(f"target must be a FunctionalTarget, got {type(target).__name__}")
-        if getattr(hypernet, "spec", None) != target.spec:
-            raise ValueError("hypernet.spec differs from target.spec: build the hypernetwork "
-                             "from target.spec")
-        z_dim, out_dim = getattr(hypernet, "z_dim", None), getattr(encoder, "out_dim", None)
-        if z_dim != out_dim:
-            raise ValueError(f"encoder.out_dim ({out_dim}) must equal hypernet.z_dim ({z_dim})")
+        _check_class_head(class_head, target, kind)
+        if len(target.spec) == 0:
+            if encoder is not None or hypernet is not None:
+                raise ValueError("target.spec is empty (only the class head is generated): "
+                                 "pass encoder=None and hypernet=None")
+        else:
+            if getattr(hypernet, "spec", None) != target.spec:
+                raise ValueError("hypernet.spec differs from target.spec: build the "
+                                 "hypernetwork from target.spec")
+            z_dim, out_dim = getattr(hypernet, "z_dim", None), getattr(encoder, "out_dim", None)
+            if z_dim != out_dim:
+                raise ValueError(f"encoder.out_dim ({out_dim}) must equal hypernet.z_dim "
+                                 f"({z_dim})")
         self.encoder, self.hypernet, self.target = encoder, hypernet, target
+        self.class_head = class_head
         # set by forward when the target has gates: expected fraction of open gated units
         self.last_structure_cost: Tensor = torch.zeros(())
 
@@ -90,16 +104,21 @@ class HyperModel(nn.Module):
         from hypermeta.encoders import TaskEmbedding
         from hypermeta.hypernets import count_parameters
 
+        def count(module: nn.Module | None) -> int:
+            return 0 if module is None else count_parameters(module)
+
         generated = self.target.spec.numel()
         shared = count_parameters(self.target)
         gate_units = sum(s for s, k in zip(self.target.spec.sizes(), self.target.spec.kinds)
                          if k == "gate")
         full = generated - gate_units + shared if self.target.adapter == "full" else shared
-        hyper = count_parameters(self.hypernet)
+        per_class = self.target.feature_dim + 1 if self.class_head is not None else 0
+        hyper = count(self.hypernet) + count(self.class_head)
         per_task = self.encoder.out_dim if isinstance(self.encoder, TaskEmbedding) else 0
-        return {"encoder_params": count_parameters(self.encoder), "hypernet_params": hyper,
+        return {"encoder_params": count(self.encoder), "hypernet_params": hyper,
                 "shared_target_params": shared, "generated_per_task": generated,
-                "target_params": full, "size_ratio": (hyper + shared) / full,
+                "generated_per_class": per_class,
+                "target_params": full, "size_ratio": (hyper + shared) / max(full, 1),
                 "stored_per_task": per_task}
 
     @property
@@ -120,21 +139,33 @@ class HyperModel(nn.Module):
                                 f"the target expects {list(shape)}")
             if self.finetune_steps and episode.support_x.shape[1] == 0:
                 problems.append("support set is empty: fine-tuning needs support examples")
+            if self.class_head is not None:
+                problems.extend(_class_problems(episode))
         if problems:
             raise ValueError("invalid Episode for this HyperModel:\n  - " + "\n  - ".join(problems))
         return episode.to(self.device)
 
     def params(self, episode: Episode) -> Params:
         """The generated parameters of every task in ``episode``: ``{name: [T, *shape]}``."""
-        episode = self.prepare(episode)
-        result: Params = self.hypernet(self.encoder(episode))
-        return result
+        return self._generate(self.prepare(episode))
+
+    def _generate(self, episode: Episode) -> Params:
+        # encoder -> hypernetwork -> params; then the class head's rows from support features
+        params: Params = {}
+        if self.hypernet is not None and self.encoder is not None:
+            params = self.hypernet(self.encoder(episode))  # {name: (T, *shape)}
+        if self.class_head is not None:
+            features = self.target.features(params, episode.support_x)  # (T, S, D)
+            weight, bias = self.class_head(features, episode.support_y, episode_ways(episode),
+                                           episode.support_mask)
+            names = self.target.head_names
+            params = {**params, names[0]: weight, names[1]: bias}
+        return params
 
     def forward(self, episode: Episode) -> Tensor:
         """Predictions of each task's generated network on its query set, ``[T, Q, ...]``."""
         episode = self.prepare(episode)
-        z = self.encoder(episode)  # (T, Z)
-        params = self.hypernet(z)  # {name: (T, *shape)}
+        params = self._generate(episode)
         out: Tensor = self.target(params, episode.query_x)  # (T, Q, ...)
         if self.target.has_gates:  # expected fraction of open units: the sparsity cost
             self.last_structure_cost = structure_cost(params, self.target.spec)
@@ -145,7 +176,7 @@ class HyperModel(nn.Module):
         task on its own support set. Detached from the hypernetwork."""
         episode = self.prepare(episode)
         with torch.no_grad():
-            params: Params = self.hypernet(self.encoder(episode))
+            params = self._generate(episode)
         steps = self.finetune_steps if finetune_steps is None else finetune_steps
         tuned = adapt(self.target, params, episode, self.kind, steps=steps,
                       lr=self.finetune_lr)
@@ -167,3 +198,39 @@ class HyperModel(nn.Module):
         count = next(iter(params.values())).shape[0]
         return [self.target.materialize({n: p[i] for n, p in params.items()})
                 for i in range(count)]
+
+
+def _check_class_head(head: ClassHead | None, target: FunctionalTarget, kind: str) -> None:
+    if (head is None) != (target.class_head is None):
+        raise ValueError("class_head= and a target built with class_head= go together; got "
+                         f"class_head={type(head).__name__ if head else None} and target "
+                         f"class_head={target.class_head!r}")
+    if head is None:
+        return
+    if kind != "classification":
+        raise ValueError("a class head needs kind='classification'")
+    if head.feature_dim != target.feature_dim:
+        raise ValueError(f"class_head.feature_dim ({head.feature_dim}) must equal the width "
+                         f"the target's head reads ({target.feature_dim})")
+
+
+def _class_problems(episode: Episode) -> list[str]:
+    """What a per-class head cannot use: no support, non-integer labels, a missing class."""
+    y = episode.support_y
+    if y.shape[1] == 0:
+        return ["support set is empty: the class head builds each class's weights from its "
+                "support examples"]
+    if y.dim() != 2 or y.is_floating_point():
+        return [f"support_y must be integer class labels [T, S] for a class head; got "
+                f"{list(y.shape)} {y.dtype}"]
+    ways = int(y.max()) + 1
+    if int(y.min()) < 0:
+        return ["support_y labels must be >= 0"]
+    present = torch.nn.functional.one_hot(y.long(), ways)
+    if episode.support_mask is not None:
+        present = present * episode.support_mask[..., None]
+    missing = (present.sum(1) == 0).nonzero().tolist()
+    if missing:
+        return [f"classes without support examples (task, class): {missing[:10]}; every class "
+                f"0..{ways - 1} needs one"]
+    return []

@@ -119,7 +119,7 @@ class Conv4(nn.Module):
         """A smaller Conv4 without the channels whose mask is False (same outputs)."""
         keep = [masks[f"features.{i}.1"].bool() for i in range(4)]
         cfg = self.config
-        small = Conv4(cfg["in_channels"], cfg["num_classes"], cfg["hidden"], cfg["image_size"],
+        small = Conv4(cfg["in_channels"], self.head.out_features, cfg["hidden"], cfg["image_size"],
                       channels=[int(k.sum()) for k in keep]).to(self.head.weight)
         previous: Tensor | None = None
         for (conv, bn), (new_conv, new_bn), out in zip(self._blocks(), small._blocks(), keep):

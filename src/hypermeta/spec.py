@@ -55,8 +55,6 @@ class ParamSpec:
                 f"shapes={len(self.shapes)}, kinds={len(self.kinds)}, "
                 f"fan_in={len(self.fan_in)}, fan_out={len(self.fan_out)}"
             )
-        if n == 0:
-            raise ValueError("ParamSpec is empty: nothing would be generated")
         if len(set(self.names)) != n:
             raise ValueError(f"ParamSpec names must be unique; got {list(self.names)}")
         bad = [k for k in self.kinds if k not in KINDS]
@@ -115,7 +113,7 @@ class ParamSpec:
             std = math.sqrt(2.0 / max(fan, 1)) if kind in ("weight", "lora_a") else 0.0
             std = 1.0 if kind == "gate" else std
             parts.append(torch.full((size,), std))
-        return torch.cat(parts)
+        return torch.cat(parts) if parts else torch.zeros(0)
 
     def offsets(self) -> Tensor:
         """Per-parameter constant each kind starts from (``[P]``): 1 for norm scales,
@@ -123,7 +121,7 @@ class ParamSpec:
         start = {"norm_weight": 1.0, "gate": GATE_INITIAL_LOGIT}
         parts = [torch.full((size,), start.get(kind, 0.0))
                  for size, kind in zip(self.sizes(), self.kinds)]
-        return torch.cat(parts)
+        return torch.cat(parts) if parts else torch.zeros(0)
 
     def init_flat(self, generator: torch.Generator | None = None) -> Tensor:
         """A fresh task-independent parameter vector ``[P]``: He-normal weights, constants else."""

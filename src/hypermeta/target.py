@@ -55,6 +55,10 @@ class FunctionalTarget(nn.Module):
             ``MLP`` hidden units, ``Conv4`` channels; see ``hypermeta.gates``): spec entries
             ``"<site>.gate"`` of kind ``"gate"`` hold their logits, and ``materialize``
             returns a genuinely smaller network without the closed units.
+        class_head: name of the final ``nn.Linear`` whose rows are generated one per class
+            (``hypermeta.ClassHead``), so its number of outputs — the way count — is free: its
+            params are ``[T, N, D]`` / ``[T, N]`` for any N, and it is never in ``spec``.
+            ``generate="none"`` then leaves every other parameter shared.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 1))
@@ -74,6 +78,7 @@ class FunctionalTarget(nn.Module):
         batchnorm: BatchNormMode = "batch",
         input_shape: Sequence[int] | None = None,
         gates: bool = False,
+        class_head: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(module, nn.Module):
@@ -93,7 +98,11 @@ class FunctionalTarget(nn.Module):
         # built-in targets carry the JSON-able config that rebuilds them
         self.config: dict[str, object] | None = getattr(module, "config", None)
         self.module = copy.deepcopy(module)
-        selected = _select(self.module, generate)
+        self.class_head, self.head_names = class_head, self._make_class_head(class_head)
+        selected = [n for n in _select(self.module, generate, allow_none=class_head is not None)
+                    if n not in self.head_names]
+        if not selected and adapter != "full":
+            raise ValueError(f"adapter={adapter!r} needs generate= to select layers")
         if adapter == "full":
             self.spec, self._initial = self._make_full(selected)
             self._adapted: dict[str, int] = {}
@@ -102,7 +111,7 @@ class FunctionalTarget(nn.Module):
         self._gate_hooks: dict[str, int] = {}
         if gates:
             self._add_gates()
-        self._placeholders = frozenset(self.spec.names)
+        self._placeholders = frozenset(self.spec.names) | frozenset(self.head_names)
         self._shared_cache: dict[str, Tensor] | None = None
         self._setup_batchnorm()
         self._use_vmap = not any(isinstance(m, nn.RNNBase) for m in self.module.modules())
@@ -110,6 +119,24 @@ class FunctionalTarget(nn.Module):
             self._warn_loop("nn.RNNBase modules (nn.GRU/nn.LSTM/nn.RNN) have no vmap rule")
 
     # ----------------------------------------------------------------- construction helpers
+    def _make_class_head(self, name: str | None) -> tuple[str, ...]:
+        self.feature_dim = 0
+        if name is None:
+            return ()
+        try:
+            head = self.module.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"class_head={name!r} names no submodule of "
+                             f"{type(self.module).__name__}") from None
+        if not isinstance(head, nn.Linear) or head.bias is None:
+            raise ValueError(f"class_head={name!r} must be an nn.Linear with a bias; got "
+                             f"{type(head).__name__}")
+        self.feature_dim = head.in_features
+        prefix = f"{name}." if name else ""
+        for leaf in ("weight", "bias"):
+            _make_placeholder(head, leaf)
+        return (prefix + "weight", prefix + "bias")
+
     def _make_full(self, selected: list[str]) -> tuple[ParamSpec, Params]:
         names, shapes, kinds, fin, fout = [], [], [], [], []
         initial: Params = {}
@@ -270,7 +297,7 @@ class FunctionalTarget(nn.Module):
             raise ValueError(f"x must have shape [T, N, ...] (task dim first); got {list(x.shape)}")
         if not isinstance(params, dict):
             raise TypeError(f"params must be a dict[str, Tensor], got {type(params).__name__}")
-        missing = [n for n in self.spec.names if n not in params]
+        missing = [n for n in (*self.spec.names, *self.head_names) if n not in params]
         extra = [n for n in params if n not in self._placeholders]
         if missing or extra:
             raise KeyError(f"params do not match the target spec: missing {missing}, "
@@ -283,6 +310,13 @@ class FunctionalTarget(nn.Module):
                     f"params[{name!r}] has shape {list(got)}; expected [T, *{list(shape)}] with "
                     f"T = {num_tasks} from x (x has shape {list(x.shape)})"
                 )
+        if self.head_names:
+            weight, bias = (tuple(params[n].shape) for n in self.head_names)
+            if len(weight) != 3 or weight[0] != num_tasks or weight[2] != self.feature_dim \
+                    or bias != weight[:2]:
+                raise ValueError(f"class head params must be {self.head_names[0]} [T, N, "
+                                 f"{self.feature_dim}] and {self.head_names[1]} [T, N] with T = "
+                                 f"{num_tasks}; got {list(weight)} and {list(bias)}")
         if self.input_shape is not None and tuple(x.shape[2:]) != self.input_shape:
             raise ValueError(f"x examples have shape {list(x.shape[2:])}; the target expects "
                              f"{list(self.input_shape)} (x: [T, N, *{list(self.input_shape)}])")
@@ -307,6 +341,19 @@ class FunctionalTarget(nn.Module):
                 for i in range(x.shape[0])]
         return torch.stack(outs)
 
+    def features(self, params: Params, x: Tensor) -> Tensor:
+        """What the class head reads: ``[T, N, D]`` features of ``x`` under ``params`` (which
+        need no head entries). The head runs as the identity map, so the features come out of
+        the same code path as the predictions."""
+        if not self.head_names:
+            raise ValueError("features() needs a target built with class_head=")
+        eye = torch.eye(self.feature_dim, dtype=x.dtype, device=x.device)
+        head = {self.head_names[0]: eye.expand(x.shape[0], -1, -1),
+                self.head_names[1]: x.new_zeros(x.shape[0], self.feature_dim)}
+        out: Tensor = self(
+            {**{n: p for n, p in params.items() if n not in self.head_names}, **head}, x)
+        return out
+
     def _call_one(self, params: Params, x: Tensor) -> Tensor:
         # One task: params {name: [*shape]}, x [N, ...] -> [N, ...]
         tensors = self.shared_tensors()
@@ -328,6 +375,19 @@ class FunctionalTarget(nn.Module):
                 raise ValueError(f"params[{name!r}] has shape {list(params[name].shape)}; "
                                  f"materialize takes ONE task's params, shape {list(shape)}")
         module = copy.deepcopy(self.module)
+        if self.class_head is not None:  # a plain nn.Linear with one row per class
+            missing = [n for n in self.head_names if n not in params]
+            if missing:
+                raise KeyError(f"params lack the class head {missing}")
+            weight, bias = (params[n] for n in self.head_names)
+            if weight.dim() != 2 or tuple(bias.shape) != tuple(weight.shape[:1]):
+                raise ValueError(f"materialize takes ONE task's class head, [N, D] and [N]; "
+                                 f"got {list(weight.shape)} and {list(bias.shape)}")
+            head = nn.Linear(weight.shape[1], weight.shape[0]).to(weight)
+            head.weight.copy_(weight)
+            head.bias.copy_(bias)
+            owner_name, _, leaf = self.class_head.rpartition(".")
+            setattr(module.get_submodule(owner_name), leaf, head)
         for site, hook_id in self._gate_hooks.items():
             owner = module.get_submodule(site)
             del owner._forward_hooks[hook_id]
@@ -351,8 +411,12 @@ class FunctionalTarget(nn.Module):
 
 
 # --------------------------------------------------------------------------- module helpers
-def _select(module: nn.Module, generate: Selection) -> list[str]:
+def _select(module: nn.Module, generate: Selection, allow_none: bool = False) -> list[str]:
     """Names of the parameters chosen by ``generate`` (in ``named_parameters`` order)."""
+    if generate == "none":
+        if not allow_none:
+            raise ValueError("generate='none' leaves nothing to generate; it needs class_head=")
+        return []
     single = isinstance(generate, (str, type))
     items: list[str | type[nn.Module]] = [generate] if single else list(generate)  # type: ignore
     if not items:
