@@ -204,7 +204,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=os.environ.get("HYPERMETA_DATA"),
                         help="folder holding omniglot/ (default: $HYPERMETA_DATA)")
-    parser.add_argument("--episodes", type=int, default=3000, help="training episodes per run")
+    parser.add_argument("--episodes", type=int, default=2000, help="training episodes per run")
     parser.add_argument("--select-episodes", type=int, default=800)
     parser.add_argument("--test-tasks", type=int, default=600)
     parser.add_argument("--val-tasks", type=int, default=200)

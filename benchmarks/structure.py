@@ -8,13 +8,21 @@ MSE of both, and for the gated one the FLOPs (``FlopCounterMode``) and parameter
 pruned network, grouped by kind.
 
     python benchmarks/structure.py [--sparsity 0.02]  # results/structure-mixed-l0.02.json
+    python benchmarks/structure.py --gate-mode width   # ordered widths: ...-mixed-width-l0.02
     python benchmarks/structure.py --smoke    # tiny budget, *-smoke.json
+
+With ``--family omniglot`` (needs ``--data-dir`` or ``HYPERMETA_DATA``): Omniglot 5-way 1-shot,
+the conv-4 FiLM + per-class-head hypernetwork (configs/omniglot_hypernet_film.yaml) with and
+without per-task channel gates, the same number of episodes; accuracy on 600 test episodes,
+FLOPs of each task's pruned network, and the rank correlation between a task's FLOPs and its
+difficulty (the ungated model's error on it). results/structure-omniglot-<tag>.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -36,17 +44,85 @@ from hypermeta.networks import build_network  # noqa: E402
 from hypermeta.tasks.mixed import KINDS  # noqa: E402
 
 
-def config(gated: bool, steps: int, sparsity: float, seed: int) -> RunConfig:
+def config(gated: bool, steps: int, sparsity: float, seed: int,
+           mode: str = "units") -> RunConfig:
     return RunConfig.from_dict({
         "method": "hypernet", "seed": seed,
         "tasks": {"name": "mixed", "shots": 20, "queries": 20},
         "target": {"name": "mlp", "in_dim": 1, "out_dim": 1, "hidden": [64, 64]},
         "encoder": {"kind": "set", "dim": 128, "hidden": 256},
         "hypernet": {"kind": "mlp", "hidden": [256]},
-        "gates": {"enabled": gated, "sparsity": sparsity if gated else 0.0},
+        "gates": {"enabled": gated, "sparsity": sparsity if gated else 0.0,
+                  "mode": mode if gated else "units"},
         "train": {"steps": steps, "meta_batch": 25, "lr": 1e-3, "val_every": 1000,
                   "val_tasks": 200},
     })
+
+
+def omniglot_config(gated: bool, steps: int, sparsity: float, seed: int,
+                    mode: str) -> RunConfig:
+    return RunConfig.from_file(ROOT / "configs" / "omniglot_hypernet_film.yaml", [
+        "tasks.ways=5", "tasks.shots=1", "tasks.queries=15", f"seed={seed}",
+        f"train.steps={steps}", f"train.val_every={max(steps // 4, 1)}",
+        f"gates.enabled={str(gated).lower()}", f"gates.sparsity={sparsity if gated else 0.0}",
+        f"gates.mode={mode if gated else 'units'}"])
+
+
+def run_omniglot(args: argparse.Namespace, tag: str, deadline: float,
+                 env: dict[str, Any]) -> None:
+    from hypermeta.evaluate import evaluate
+    from hypermeta.tasks.omniglot import omniglot_tasks
+
+    runs = ROOT / "benchmarks" / "runs" / ("structure-smoke" if args.smoke else "structure")
+    path = result_path("structure", f"omniglot-{tag}", smoke=args.smoke)
+    test = omniglot_tasks(args.data_dir, ways=5, shots=1, queries=15).fixed_tasks(
+        "test", 20 if args.smoke else 600)
+    models, per_task = {}, {}
+    for name, gated in (("gated", True), ("ungated", False)):
+        run_name = (f"omniglot-gated-{tag}-n{args.steps}" if gated
+                    else f"omniglot-ungated-n{args.steps}")
+        conf = omniglot_config(gated, args.steps, args.sparsity, args.seed, args.gate_mode)
+        if train_in_chunks(conf, runs / run_name, deadline, chunk=250) is None:
+            write_result(path, {"benchmark": "structure", "complete": False, "summary": {},
+                                "environment": env, "config": vars(args)})
+            print(f"budget used; rerun to continue ({path})")
+            sys.exit(3)
+        model, _, _, _ = load_learner(runs / run_name)
+        models[name] = model
+        scores = []
+        for start in range(0, test.num_tasks, 25):
+            chunk = test.slice(start, start + 25)
+            assert chunk.query_y is not None
+            scores.append(per_task_metric(model.predict(chunk), chunk.query_y,
+                                          "classification"))
+        per_task[name] = torch.cat(scores)
+    acc = {name: evaluate(models[name].predict, test, "classification", batch=25)
+           for name in models}
+    example = test.query_x[0]
+    full = models["ungated"].generate(test.task(0))[0]
+    full_flops = count_flops(full, example)
+    flops = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for start in range(0, test.num_tasks, 25):
+            for net in models["gated"].generate(test.slice(start, start + 25)):
+                flops.append(count_flops(net, example))
+    difficulty = (1 - per_task["ungated"]).tolist()  # the ungated model's error per task
+    summary = {
+        "flops_reduction": 1 - statistics.mean(flops) / full_flops,
+        "acc_gated": 100 * acc["gated"]["mean"], "acc_ungated": 100 * acc["ungated"]["mean"],
+        "acc_loss_points": 100 * (acc["ungated"]["mean"] - acc["gated"]["mean"]),
+        "ci95_gated": 100 * acc["gated"]["ci95"], "ci95_ungated": 100 * acc["ungated"]["ci95"],
+        "difficulty_spearman": spearman(difficulty, flops),
+        "flops_ungated": full_flops, "flops_gated_min": min(flops),
+        "flops_gated_max": max(flops),
+    }
+    write_result(path, {"benchmark": "structure", "family": "omniglot", "complete": True,
+                        "summary": summary, "config": vars(args), "environment": env,
+                        "protocol": "5-way 1-shot, 15 queries per class, train characters; "
+                                    "600 fixed test episodes; difficulty = ungated error"})
+    print(json.dumps(summary, indent=1))
+    print(f"wrote {path}")
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -59,19 +135,31 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8000)
     parser.add_argument("--sparsity", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gate-mode", choices=["units", "width"], default="units",
+                        help="units: a gate logit per unit; width: one open fraction per layer")
+    parser.add_argument("--family", choices=["mixed", "omniglot"], default="mixed")
+    parser.add_argument("--data-dir", default=os.environ.get("HYPERMETA_DATA"),
+                        help="for --family omniglot: the folder holding omniglot/")
     parser.add_argument("--budget-minutes", type=float, default=9.0)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     if args.smoke:
-        args.steps = 200
+        args.steps = 200 if args.family == "mixed" else 20
     deadline = time.time() + 60 * args.budget_minutes
     env = environment([args.seed])
+    tag = f"l{args.sparsity:g}" if args.gate_mode == "units" else f"width-l{args.sparsity:g}"
+    if args.family == "omniglot":
+        if args.data_dir is None:
+            parser.error("--family omniglot needs --data-dir or HYPERMETA_DATA")
+        os.environ["HYPERMETA_DATA"] = args.data_dir  # the run configs stay machine-free
+        run_omniglot(args, tag, deadline, env)
+        return
     runs = ROOT / "benchmarks" / "runs" / ("structure-smoke" if args.smoke else "structure")
-    path = result_path("structure", f"mixed-l{args.sparsity:g}", smoke=args.smoke)
+    path = result_path("structure", f"mixed-{tag}", smoke=args.smoke)
     results: dict[str, Any] = {}
     for name, gated in (("gated", True), ("ungated", False)):
-        run_name = f"gated-l{args.sparsity:g}-n{args.steps}" if gated else f"ungated-n{args.steps}"
-        if train_in_chunks(config(gated, args.steps, args.sparsity, args.seed),
+        run_name = f"gated-{tag}-n{args.steps}" if gated else f"ungated-n{args.steps}"
+        if train_in_chunks(config(gated, args.steps, args.sparsity, args.seed, args.gate_mode),
                            runs / run_name, deadline) is None:
             write_result(path, {"benchmark": "structure", "complete": False, "summary": {},
                                 "environment": env, "config": vars(args)})

@@ -3,8 +3,17 @@ import warnings
 import pytest
 import torch
 
-from hypermeta import MLP, Conv4, Episode, FunctionalTarget, HyperModel, MLPHyperNet, SetEncoder
-from hypermeta.gates import binary_gates, count_flops, gate_values, structure_cost
+from hypermeta import (
+    MLP,
+    Conv4,
+    Episode,
+    FunctionalTarget,
+    HyperModel,
+    MLPHyperNet,
+    ResMLP,
+    SetEncoder,
+)
+from hypermeta.gates import binary_gates, count_flops, gate_values, structure_cost, unit_logits
 from tests.helpers import random_params, task
 
 
@@ -13,6 +22,8 @@ def gated_params(target, num_tasks, scale=2.0):
     for name, kind in zip(target.spec.names, target.spec.kinds):
         if kind == "gate":
             params[name] = torch.randn_like(params[name]) * scale
+        if kind == "gate_width":  # open fractions in (0.2, 0.9)
+            params[name] = 0.2 + 0.7 * torch.rand_like(params[name])
     return params
 
 
@@ -26,12 +37,14 @@ def test_gates_are_exactly_binary_at_evaluation_and_relaxed_in_training():
     assert torch.equal(hard.bool(), binary_gates(logits))
 
 
+@pytest.mark.parametrize("mode", ["units", "width"])
 @pytest.mark.parametrize("net, x_shape", [(lambda: MLP(2, 3, hidden=(16, 12)), (2,)),
-                                          (lambda: Conv4(hidden=8), (1, 28, 28))],
-                         ids=["mlp", "conv4"])
-def test_pruned_network_equals_gated_output_and_is_smaller(net, x_shape):
+                                          (lambda: Conv4(hidden=8), (1, 28, 28)),
+                                          (lambda: ResMLP(2, 3, 8, (16, 12, 10)), (2,))],
+                         ids=["mlp", "conv4", "resmlp"])
+def test_pruned_network_equals_gated_output_and_is_smaller(net, x_shape, mode):
     full = net()
-    target = FunctionalTarget(full, gates=True).double().eval()
+    target = FunctionalTarget(full, gates=True, gate_mode=mode).double().eval()
     params = gated_params(target, 3)
     x = torch.randn(3, 5, *x_shape, dtype=torch.float64)
     out = target(params, x)
@@ -94,3 +107,35 @@ def test_sparsity_cost_lowers_the_active_size(tmp_path):
         params = model.params(tasks.fixed_tasks("test", 20))
         assert 0 <= structure_cost(params, model.target.spec) <= 1
     assert active[1.0] < 0.8 * active[0.0], active
+
+
+def test_width_gates_open_a_prefix_of_units():
+    target = FunctionalTarget(MLP(1, 1, hidden=(10, 20)), gates=True, gate_mode="width")
+    assert [tuple(s) for s, k in zip(target.spec.shapes, target.spec.kinds)
+            if k == "gate_width"] == [(1,), (1,)]
+    fractions = torch.tensor([[0.0], [0.26], [0.55], [1.0]])
+    gates = binary_gates(unit_logits(fractions, "gate_width", 20))
+    assert gates.sum(1).tolist() == [1, 5, 11, 20]  # round(f * units), at least one
+    for row in gates:  # always a prefix
+        assert torch.equal(row, torch.arange(20) < row.sum())
+    # at the start every unit is open
+    start = target.initial_params()["0.gate"]
+    assert binary_gates(unit_logits(start, "gate_width", 10)).all()
+
+
+def test_whole_residual_blocks_close_and_are_removed():
+    target = FunctionalTarget(ResMLP(1, 1, 8, (6, 6, 6)), gates=True).double().eval()
+    params = gated_params(target, 1)
+    params["blocks.1.gate"] = torch.full((1, 1), -3.0, dtype=torch.float64)  # block 1 off
+    params["blocks.0.gate"] = params["blocks.2.gate"] = torch.full((1, 1), 3.0,
+                                                                   dtype=torch.float64)
+    x = torch.randn(1, 5, 1, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # closing a whole block is allowed, not warned about
+        small = target.materialize(task(params, 0))
+    assert len(small.blocks) == 2
+    torch.testing.assert_close(small(x[0]), target(params, x)[0])
+    params["blocks.0.gate"] = params["blocks.2.gate"] = params["blocks.1.gate"]
+    empty = target.materialize(task(params, 0))  # every block closed: stem + head remain
+    assert len(empty.blocks) == 0
+    torch.testing.assert_close(empty(x[0]), target(params, x)[0])

@@ -48,6 +48,20 @@ def test_a_different_config_in_the_same_folder_is_refused(tmp_path):
         fit(sinusoid_config(steps=3), tmp_path / "run", progress=False)
 
 
+def test_a_run_saved_before_a_config_field_existed_still_resumes(tmp_path):
+    config = sinusoid_config(steps=30)
+    fit(config, tmp_path, progress=False, max_steps=10)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["class_head"]  # as written by a version without that section
+    saved["gates"].pop("mode")
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert fit(config, tmp_path, progress=False).steps_done == 30
+    saved["seed"] = 5  # a real difference is still refused
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match="different config"):
+        fit(config, tmp_path, progress=False)
+
+
 @pytest.mark.parametrize("method", ["hypernet", "maml", "fomaml"])
 def test_smoke_training_lowers_the_loss(tmp_path, method):
     config = sinusoid_config(method, steps=300, val_every=300, lr=1e-2)

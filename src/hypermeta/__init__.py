@@ -20,7 +20,16 @@ from hypermeta.hypernets import (
     count_parameters,
 )
 from hypermeta.model import HyperModel
-from hypermeta.networks import MLP, NETWORKS, Conv4, GRUNet, LSTMNet, TransformerNet, build_network
+from hypermeta.networks import (
+    MLP,
+    NETWORKS,
+    Conv4,
+    GRUNet,
+    LSTMNet,
+    ResMLP,
+    TransformerNet,
+    build_network,
+)
 from hypermeta.spec import Params, ParamSpec
 from hypermeta.target import FunctionalTarget
 
@@ -42,6 +51,7 @@ __all__ = [
     "LSTMNet",
     "MLPHyperNet",
     "ParamSpec",
+    "ResMLP",
     "Params",
     "SetEncoder",
     "TaskEmbedding",

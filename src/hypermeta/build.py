@@ -75,7 +75,7 @@ def build_learner(config: RunConfig, tasks: TaskSource,
     try:
         functional = FunctionalTarget(net, generate=config.generate, adapter=config.adapter,
                                       rank=config.rank, batchnorm=config.batchnorm,
-                                      gates=config.gates.enabled,
+                                      gates=config.gates.enabled, gate_mode=config.gates.mode,
                                       class_head=head.module if head.enabled else None)
     except ValueError as err:
         raise ConfigError(f"generate/adapter/class_head: {err}") from None

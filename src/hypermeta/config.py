@@ -56,6 +56,8 @@ class HypernetConfig(_Strict):
 class GatesConfig(_Strict):
     enabled: bool = Field(False, description="per-task structure gates (hypernet method)")
     sparsity: float = Field(0.0, ge=0, description="weight of the expected active fraction")
+    mode: Literal["units", "width"] = Field(
+        "units", description="units: a logit per unit; width: one open fraction per site")
 
 
 class ClassHeadConfig(_Strict):

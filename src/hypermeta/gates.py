@@ -8,6 +8,17 @@ sample (exact zeros and ones occur, gradients flow to ``log alpha``); in evaluat
 0 or 1: on iff ``log alpha > 0`` (the sample's median is then >= 1/2). The unit with the largest
 logit of a site always stays on, so no layer is ever empty. The expected L0 norm
 ``P(gate != 0) = sigmoid(log alpha - beta * log(-gamma / zeta))`` is the sparsity cost.
+
+Two parametrisations of a site's logits (``gate_mode``):
+
+* ``"units"`` (spec kind ``"gate"``): one free logit per unit.
+* ``"width"`` (spec kind ``"gate_width"``): ONE generated number per site, the open fraction
+  ``f`` of its units; unit ``j`` gets the logit ``WIDTH_SLOPE * (f * units - j - 1/2)``, so
+  the open units are always a prefix (ordered, as in nested dropout, Rippel et al. 2014) and a
+  task's size is a single scalar the hypernetwork can tie to the task.
+
+A site may also be *closable* (a whole residual branch, ``GateSite.closable``): its gates may all
+be 0, which removes the branch and leaves the identity path.
 """
 
 from __future__ import annotations
@@ -18,9 +29,10 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from hypermeta.spec import GATE_INITIAL_LOGIT, Params, ParamSpec
+from hypermeta.spec import GATE_INITIAL_LOGIT, GATE_KINDS, Params, ParamSpec
 
 BETA, GAMMA, ZETA = 2 / 3, -0.1, 1.1  # the paper's temperature and stretch interval
+WIDTH_SLOPE = 4.0  # logit change per unit across an ordered-width boundary (sharp: little noise)
 GATE_SUFFIX = "gate"  # spec entries are named "<site module>.gate"
 INITIAL_LOGIT = GATE_INITIAL_LOGIT
 
@@ -35,9 +47,21 @@ def gate_values(logits: Tensor, *, training: bool) -> Tensor:
     return binary_gates(logits).to(logits.dtype)
 
 
-def binary_gates(logits: Tensor) -> Tensor:
-    """Evaluation gates: on iff logit > 0, and the largest logit of each site always on."""
+def binary_gates(logits: Tensor, *, keep_one: bool = True) -> Tensor:
+    """Evaluation gates: on iff logit > 0, and (``keep_one``) the largest logit of each site
+    always on."""
+    if not keep_one:
+        return logits > 0
     return (logits > 0) | (logits >= logits.amax(dim=-1, keepdim=True))
+
+
+def unit_logits(value: Tensor, kind: str, units: int) -> Tensor:
+    """A site's per-unit logits ``[..., units]`` from its generated tensor: the logits
+    themselves (kind ``"gate"``) or an open fraction ``[..., 1]`` (kind ``"gate_width"``)."""
+    if kind == "gate":
+        return value
+    position = torch.arange(units, dtype=value.dtype, device=value.device) + 0.5
+    return WIDTH_SLOPE * (value * units - position)
 
 
 def active_probability(logits: Tensor) -> Tensor:
@@ -47,8 +71,8 @@ def active_probability(logits: Tensor) -> Tensor:
 
 def structure_cost(params: Params, spec: ParamSpec) -> Tensor:
     """Mean expected fraction of active units over all gate sites and tasks (0 without gates)."""
-    costs = [active_probability(params[n]).mean() for n, k in zip(spec.names, spec.kinds)
-             if k == "gate"]
+    costs = [active_probability(unit_logits(params[n], k, units)).mean()
+             for n, k, units in zip(spec.names, spec.kinds, spec.fan_in) if k in GATE_KINDS]
     if not costs:
         return torch.zeros(())
     return torch.stack(costs).mean()
@@ -56,28 +80,35 @@ def structure_cost(params: Params, spec: ParamSpec) -> Tensor:
 
 def gate_hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
     """Forward hook: multiply the site's output by its gates along the site's channel dim."""
-    logits: Tensor = module.gate  # type: ignore[assignment]  # [units] (one task)
     dim: int = module.gate_dim  # type: ignore[assignment]
-    values = gate_values(logits, training=bool(module.gate_training))
+    logits = unit_logits(module.gate, module.gate_kind,  # type: ignore[arg-type]
+                         module.gate_units)  # type: ignore[arg-type]  # [units] (one task)
+    if module.gate_training:
+        values = gate_values(logits, training=True)
+    else:
+        values = binary_gates(logits, keep_one=not module.gate_closable).to(logits.dtype)
     shape = [1] * output.dim()
     shape[dim] = -1
     return output * values.reshape(shape)
 
 
-def masks_for(params: Params, spec: ParamSpec, *, where: str = "") -> dict[str, Tensor]:
-    """Binary keep-masks per site from ONE task's gate logits; warns when a site would have
-    lost every unit (its top unit is kept)."""
+def masks_for(params: Params, spec: ParamSpec, *, closable: frozenset[str] = frozenset(),
+              where: str = "") -> dict[str, Tensor]:
+    """Binary keep-masks per site from ONE task's generated gates; warns when a site that must
+    not close would have lost every unit (its top unit is kept). ``closable`` sites (residual
+    branches) may close entirely."""
     masks = {}
-    for name, kind in zip(spec.names, spec.kinds):
-        if kind != "gate":
+    for name, kind, units in zip(spec.names, spec.kinds, spec.fan_in):
+        if kind not in GATE_KINDS:
             continue
         site = name[: -len(GATE_SUFFIX) - 1]
-        logits = params[name]
-        if not bool((logits > 0).any()):
+        logits = unit_logits(params[name], kind, units)
+        keep_one = site not in closable
+        if keep_one and not bool((logits > 0).any()):
             warnings.warn(f"gates of {site!r}{where} would remove every unit; keeping unit "
                           f"{int(logits.argmax())} so the network is never empty",
                           RuntimeWarning, stacklevel=3)
-        masks[site] = binary_gates(logits)
+        masks[site] = binary_gates(logits, keep_one=keep_one)
     return masks
 
 

@@ -12,7 +12,7 @@ from hypermeta.episodes import Episode, episode_ways
 from hypermeta.evaluate import TaskKind
 from hypermeta.gates import structure_cost
 from hypermeta.hypernets import ClassHead
-from hypermeta.spec import Params
+from hypermeta.spec import GATE_KINDS, Params
 from hypermeta.target import FunctionalTarget
 
 
@@ -110,7 +110,7 @@ class HyperModel(nn.Module):
         generated = self.target.spec.numel()
         shared = count_parameters(self.target)
         gate_units = sum(s for s, k in zip(self.target.spec.sizes(), self.target.spec.kinds)
-                         if k == "gate")
+                         if k in GATE_KINDS)
         full = generated - gate_units + shared if self.target.adapter == "full" else shared
         per_class = self.target.feature_dim + 1 if self.class_head is not None else 0
         hyper = count(self.hypernet) + count(self.class_head)

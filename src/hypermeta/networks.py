@@ -72,6 +72,70 @@ class MLP(nn.Sequential):
         return small.train(self.training)
 
 
+class ResMLP(nn.Module):
+    """Residual MLP: ``h = act(stem(x))``, then per block ``h = h + W2 act(W1 h)``, then a
+    linear head; input ``[N, in_dim]``. ``hidden`` lists each block's inner width.
+
+    Its gate sites are each block's inner units and each whole block (a closable site: a
+    closed block is removed and the identity path remains), so a task can get fewer, narrower
+    blocks.
+
+    Example: ``ResMLP(1, 1, width=64, hidden=(64, 64, 64))``.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, width: int = 64,
+                 hidden: Sequence[int] = (64, 64, 64), activation: str = "relu") -> None:
+        super().__init__()
+        if width < 1 or any(int(h) < 1 for h in hidden):
+            raise ValueError(f"width and every hidden width must be >= 1; got {width}, "
+                             f"{list(hidden)}")
+        self.stem = nn.Sequential(nn.Linear(in_dim, width), _activation(activation))
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(width, int(h)), _activation(activation),
+                          nn.Linear(int(h), width)) for h in hidden)
+        self.head = nn.Linear(width, out_dim)
+        self.config: dict[str, Any] = {"name": "resmlp", "in_dim": in_dim, "out_dim": out_dim,
+                                       "width": width, "hidden": [int(h) for h in hidden],
+                                       "activation": activation}
+        self.input_shape = (in_dim,)
+
+    def gate_sites(self) -> list[GateSite]:
+        """Every block's inner units, then every whole block (closable)."""
+        units = [GateSite(f"blocks.{i}.0", int(self.config["hidden"][i]), -1)
+                 for i in range(len(self.blocks))]
+        return units + [GateSite(f"blocks.{i}", 1, -1, closable=True)
+                        for i in range(len(self.blocks))]
+
+    @torch.no_grad()
+    def pruned(self, masks: dict[str, Tensor]) -> ResMLP:
+        """A smaller ResMLP without the closed blocks and closed inner units (same outputs)."""
+        kept = [i for i in range(len(self.blocks)) if bool(masks[f"blocks.{i}"].any())]
+        inner = {i: masks[f"blocks.{i}.0"].bool() for i in kept}
+        cfg = self.config
+        small = ResMLP(cfg["in_dim"], cfg["out_dim"], cfg["width"],
+                       [int(inner[i].sum()) for i in kept], cfg["activation"])
+        small = small.to(self.head.weight)
+        small.stem.load_state_dict(self.stem.state_dict())
+        small.head.load_state_dict(self.head.state_dict())
+        for new_block, i in zip(small.blocks, kept):
+            old, new = cast(nn.Sequential, self.blocks[i]), cast(nn.Sequential, new_block)
+            keep = inner[i]
+            first, last = cast(nn.Linear, old[0]), cast(nn.Linear, old[2])
+            new_first, new_last = cast(nn.Linear, new[0]), cast(nn.Linear, new[2])
+            new_first.weight.copy_(first.weight[keep])
+            new_first.bias.copy_(first.bias[keep])
+            new_last.weight.copy_(last.weight[:, keep])
+            new_last.bias.copy_(last.bias)
+        return small.train(self.training)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.stem(x)
+        for block in self.blocks:
+            h = h + block(h)
+        out: Tensor = self.head(h)
+        return out
+
+
 class Conv4(nn.Module):
     """The conv-4 few-shot backbone (Vinyals et al. 2016) plus a linear classifier head.
 
@@ -257,15 +321,18 @@ class TransformerNet(nn.Module):
 
 
 class GateSite(NamedTuple):
-    """Where structure gates act: the output of ``module`` along ``dim`` (``units`` wide)."""
+    """Where structure gates act: the output of ``module`` along ``dim`` (``units`` wide).
+    ``closable``: every gate may be 0 (a residual branch: the identity path remains)."""
 
     module: str
     units: int
     dim: int
+    closable: bool = False
 
 
 NETWORKS: dict[str, type[nn.Module]] = {
-    "mlp": MLP, "conv4": Conv4, "gru": GRUNet, "lstm": LSTMNet, "transformer": TransformerNet,
+    "mlp": MLP, "resmlp": ResMLP, "conv4": Conv4, "gru": GRUNet, "lstm": LSTMNet,
+    "transformer": TransformerNet,
 }
 
 

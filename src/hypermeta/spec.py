@@ -22,8 +22,11 @@ KINDS = (
     "film_shift",  # per-channel additive delta: starts at zero
     "other",  # anything else (e.g. a 1-D learned vector): small normal
     "gate",  # structure gate logits (log alpha, see gates.py): start open
+    "gate_width",  # one ordered-width gate per site: the open fraction of its units (gates.py)
 )
+GATE_KINDS = ("gate", "gate_width")
 GATE_INITIAL_LOGIT = 1.0  # P(gate != 0) = 0.93 at the start; Adam can still close it quickly
+GATE_INITIAL_WIDTH = 1.1  # every unit open at the start (the last one by 0.1 * units + 0.5)
 
 
 @dataclass(frozen=True)
@@ -111,14 +114,15 @@ class ParamSpec:
         parts = []
         for size, kind, fan in zip(self.sizes(), self.kinds, fans):
             std = math.sqrt(2.0 / max(fan, 1)) if kind in ("weight", "lora_a") else 0.0
-            std = 1.0 if kind == "gate" else std
+            std = {"gate": 1.0, "gate_width": 0.1}.get(kind, std)
             parts.append(torch.full((size,), std))
         return torch.cat(parts) if parts else torch.zeros(0)
 
     def offsets(self) -> Tensor:
         """Per-parameter constant each kind starts from (``[P]``): 1 for norm scales,
         ``GATE_INITIAL_LOGIT`` for gate logits (open), else 0."""
-        start = {"norm_weight": 1.0, "gate": GATE_INITIAL_LOGIT}
+        start = {"norm_weight": 1.0, "gate": GATE_INITIAL_LOGIT,
+                 "gate_width": GATE_INITIAL_WIDTH}
         parts = [torch.full((size,), start.get(kind, 0.0))
                  for size, kind in zip(self.sizes(), self.kinds)]
         return torch.cat(parts) if parts else torch.zeros(0)

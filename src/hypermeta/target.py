@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from hypermeta.gates import INITIAL_LOGIT, gate_hook, masks_for
-from hypermeta.spec import Params, ParamSpec
+from hypermeta.spec import GATE_INITIAL_WIDTH, Params, ParamSpec
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ class FunctionalTarget(nn.Module):
             ``MLP`` hidden units, ``Conv4`` channels; see ``hypermeta.gates``): spec entries
             ``"<site>.gate"`` of kind ``"gate"`` hold their logits, and ``materialize``
             returns a genuinely smaller network without the closed units.
+        gate_mode: ``"units"``: one free gate logit per unit; ``"width"``: one generated open
+            fraction per site, the open units always a prefix (see ``hypermeta.gates``).
         class_head: name of the final ``nn.Linear`` whose rows are generated one per class
             (``hypermeta.ClassHead``), so its number of outputs — the way count — is free: its
             params are ``[T, N, D]`` / ``[T, N]`` for any N, and it is never in ``spec``.
@@ -78,6 +80,7 @@ class FunctionalTarget(nn.Module):
         batchnorm: BatchNormMode = "batch",
         input_shape: Sequence[int] | None = None,
         gates: bool = False,
+        gate_mode: Literal["units", "width"] = "units",
         class_head: str | None = None,
     ) -> None:
         super().__init__()
@@ -109,8 +112,11 @@ class FunctionalTarget(nn.Module):
         else:
             self.spec, self._initial, self._adapted = self._make_adapters(selected)
         self._gate_hooks: dict[str, int] = {}
+        self._closable: frozenset[str] = frozenset()
+        if gate_mode not in ("units", "width"):
+            raise ValueError(f"gate_mode must be 'units' or 'width', got {gate_mode!r}")
         if gates:
-            self._add_gates()
+            self._add_gates(gate_mode)
         self._placeholders = frozenset(self.spec.names) | frozenset(self.head_names)
         self._shared_cache: dict[str, Tensor] | None = None
         self._setup_batchnorm()
@@ -199,7 +205,7 @@ class FunctionalTarget(nn.Module):
         initial = spec.unflatten(spec.init_flat(torch.Generator().manual_seed(0)))
         return spec, initial, hook_ids
 
-    def _add_gates(self) -> None:
+    def _add_gates(self, mode: str) -> None:
         sites = getattr(self.module, "gate_sites", None)
         if sites is None or not hasattr(self.module, "pruned"):
             raise ValueError(f"gates=True needs a target with gate_sites() and pruned(); "
@@ -207,20 +213,28 @@ class FunctionalTarget(nn.Module):
         spec = self.spec
         names, shapes, kinds = list(spec.names), list(spec.shapes), list(spec.kinds)
         fin, fout = list(spec.fan_in), list(spec.fan_out)
+        kind = "gate" if mode == "units" else "gate_width"
         for site in sites():
             owner = self.module.get_submodule(site.module)
             owner.register_buffer("gate", torch.empty(0), persistent=False)
-            # plain attributes the gate hook reads (the channel dim; sampling vs. binary)
+            # plain attributes the gate hook reads (channel dim, parametrisation, whether the
+            # site may close entirely, sampling vs. binary)
             object.__setattr__(owner, "gate_dim", site.dim)
+            object.__setattr__(owner, "gate_kind", kind)
+            object.__setattr__(owner, "gate_closable", site.closable)
+            object.__setattr__(owner, "gate_units", site.units)
             object.__setattr__(owner, "gate_training", self.training)
             self._gate_hooks[site.module] = owner.register_forward_hook(gate_hook).id
             name = f"{site.module}.gate"
+            size = site.units if kind == "gate" else 1
             names.append(name)
-            shapes.append(torch.Size([site.units]))
-            kinds.append("gate")
-            fin.append(site.units)
+            shapes.append(torch.Size([size]))
+            kinds.append(kind)
+            fin.append(site.units)  # for gate kinds: the number of units of the site
             fout.append(site.units)
-            self._initial[name] = torch.full((site.units,), INITIAL_LOGIT)
+            self._initial[name] = torch.full(
+                (size,), INITIAL_LOGIT if kind == "gate" else GATE_INITIAL_WIDTH)
+        self._closable = frozenset(s.module for s in sites() if s.closable)
         self.spec = ParamSpec(tuple(names), tuple(shapes), tuple(kinds), tuple(fin), tuple(fout))
 
     def _setup_batchnorm(self) -> None:
@@ -405,7 +419,8 @@ class FunctionalTarget(nn.Module):
                                self.adapter)
         module.train(self.training)
         if self._gate_hooks:  # drop the closed units: a genuinely smaller network
-            pruned: nn.Module = module.pruned(masks_for(params, self.spec))  # type: ignore[operator]
+            masks = masks_for(params, self.spec, closable=self._closable)
+            pruned: nn.Module = module.pruned(masks)  # type: ignore[operator]
             return pruned
         return module
 
