@@ -125,8 +125,24 @@ def run_omniglot(args: argparse.Namespace, tag: str, deadline: float,
     print(f"wrote {path}")
 
 
-def spearman(a: list[float], b: list[float]) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+def ranks(values: list[float]) -> np.ndarray:
+    """Ranks with ties sharing their average rank."""
+    array = np.asarray(values, dtype=float)
+    order = np.argsort(array, kind="stable")
+    out = np.empty(len(array))
+    out[order] = np.arange(len(array), dtype=float)
+    for value in np.unique(array):
+        tied = array == value
+        out[tied] = out[tied].mean()
+    return out
+
+
+def spearman(a: list[float], b: list[float]) -> float | None:
+    """Spearman's rank correlation (average ranks for ties); None when either side is
+    constant (undefined)."""
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return None
     return float(np.corrcoef(ra, rb)[0, 1])
 
 

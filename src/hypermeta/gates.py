@@ -29,10 +29,9 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from hypermeta.spec import GATE_INITIAL_LOGIT, GATE_KINDS, Params, ParamSpec
+from hypermeta.spec import GATE_INITIAL_LOGIT, GATE_KINDS, WIDTH_SLOPE, Params, ParamSpec
 
 BETA, GAMMA, ZETA = 2 / 3, -0.1, 1.1  # the paper's temperature and stretch interval
-WIDTH_SLOPE = 4.0  # logit change per unit across an ordered-width boundary (sharp: little noise)
 GATE_SUFFIX = "gate"  # spec entries are named "<site module>.gate"
 INITIAL_LOGIT = GATE_INITIAL_LOGIT
 

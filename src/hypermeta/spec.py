@@ -26,7 +26,12 @@ KINDS = (
 )
 GATE_KINDS = ("gate", "gate_width")
 GATE_INITIAL_LOGIT = 1.0  # P(gate != 0) = 0.93 at the start; Adam can still close it quickly
-GATE_INITIAL_WIDTH = 1.1  # every unit open at the start (the last one by 0.1 * units + 0.5)
+WIDTH_SLOPE = 4.0  # width gates: logit change per unit across the boundary (sharp: little noise)
+
+
+def initial_width(units: int) -> float:
+    """Open fraction whose last unit sits at logit ``GATE_INITIAL_LOGIT`` (all units open)."""
+    return 1.0 - (0.5 - GATE_INITIAL_LOGIT / WIDTH_SLOPE) / units
 
 
 @dataclass(frozen=True)
@@ -120,11 +125,13 @@ class ParamSpec:
 
     def offsets(self) -> Tensor:
         """Per-parameter constant each kind starts from (``[P]``): 1 for norm scales,
-        ``GATE_INITIAL_LOGIT`` for gate logits (open), else 0."""
-        start = {"norm_weight": 1.0, "gate": GATE_INITIAL_LOGIT,
-                 "gate_width": GATE_INITIAL_WIDTH}
-        parts = [torch.full((size,), start.get(kind, 0.0))
-                 for size, kind in zip(self.sizes(), self.kinds)]
+        ``GATE_INITIAL_LOGIT`` for gate logits (open), else 0; a width gate starts with every
+        unit open and its last unit at logit ``GATE_INITIAL_LOGIT`` (so the sparsity cost has
+        a gradient from the first step)."""
+        start = {"norm_weight": 1.0, "gate": GATE_INITIAL_LOGIT}
+        parts = [torch.full((size,), initial_width(units) if kind == "gate_width"
+                            else start.get(kind, 0.0))
+                 for size, kind, units in zip(self.sizes(), self.kinds, self.fan_in)]
         return torch.cat(parts) if parts else torch.zeros(0)
 
     def init_flat(self, generator: torch.Generator | None = None) -> Tensor:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from hypermeta.gates import INITIAL_LOGIT, gate_hook, masks_for
-from hypermeta.spec import GATE_INITIAL_WIDTH, Params, ParamSpec
+from hypermeta.spec import Params, ParamSpec, initial_width
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class FunctionalTarget(nn.Module):
             fin.append(site.units)  # for gate kinds: the number of units of the site
             fout.append(site.units)
             self._initial[name] = torch.full(
-                (size,), INITIAL_LOGIT if kind == "gate" else GATE_INITIAL_WIDTH)
+                (size,), INITIAL_LOGIT if kind == "gate" else initial_width(site.units))
         self._closable = frozenset(s.module for s in sites() if s.closable)
         self.spec = ParamSpec(tuple(names), tuple(shapes), tuple(kinds), tuple(fin), tuple(fout))
 

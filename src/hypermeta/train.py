@@ -3,6 +3,7 @@ best/last checkpoints and exact resume."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -97,10 +98,8 @@ def fit(config: RunConfig, run_dir: str | Path, *, target: nn.Module | None = No
     last, best = run_dir / "last.safetensors", run_dir / "best.safetensors"
     if (run_dir / "config.json").exists():
         old = json.loads((run_dir / "config.json").read_text())
-        try:  # fields added since (with their defaults) do not make an old run different
-            old = json.loads(RunConfig.from_dict(old).to_json())
-        except ConfigError:
-            pass
+        with contextlib.suppress(ConfigError):  # fields added since (with their defaults)
+            old = json.loads(RunConfig.from_dict(old).to_json())  # do not make it different
         if old != json.loads(config_json):
             raise ConfigError(f"{run_dir} holds a run with a different config; choose another "
                               "output folder or delete it")
