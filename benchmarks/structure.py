@@ -171,10 +171,12 @@ def main() -> None:
         run_omniglot(args, tag, deadline, env)
         return
     runs = ROOT / "benchmarks" / "runs" / ("structure-smoke" if args.smoke else "structure")
-    path = result_path("structure", f"mixed-{tag}", smoke=args.smoke)
+    path = result_path("structure", f"mixed-{tag}" + (f"-s{args.seed}" if args.seed else ""),
+                       smoke=args.smoke)
     results: dict[str, Any] = {}
     for name, gated in (("gated", True), ("ungated", False)):
         run_name = f"gated-{tag}-n{args.steps}" if gated else f"ungated-n{args.steps}"
+        run_name += f"-s{args.seed}" if args.seed else ""
         if train_in_chunks(config(gated, args.steps, args.sparsity, args.seed, args.gate_mode),
                            runs / run_name, deadline) is None:
             write_result(path, {"benchmark": "structure", "complete": False, "summary": {},
