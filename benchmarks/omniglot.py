@@ -184,6 +184,15 @@ class Benchmark:
         return {name: 1000 * t["median_s"] for name, t in timing.items()}
 
 
+def learning_curve(run_dir: Path) -> list[list[float]]:
+    """``[step, val accuracy %]`` of a run (20-way K-shot val episodes, 5 queries per class)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [[row["step"], round(100 * row["val"], 2)] for row in rows if "val" in row]
+
+
 def summary(units: dict[str, Any], selection: dict[str, Any] | None) -> dict[str, Any]:
     acc: dict[str, Any] = {}
     ci: dict[str, Any] = {}
@@ -249,6 +258,7 @@ def main() -> None:
         "selection": {"scores": bench.state.get("select_scores", {}),
                       **bench.state.get("selection", {})},
         "units": units,
+        "learning_curves": {key: learning_curve(bench.runs / key) for key in units},
         "environment": environment([0]),
     }
     if complete:
