@@ -49,7 +49,7 @@ from _common import (  # noqa: E402
 from hypermeta.build import load_learner  # noqa: E402
 from hypermeta.checkpoint import atomic_write_json  # noqa: E402
 from hypermeta.config import RunConfig  # noqa: E402
-from hypermeta.episodes import Episode  # noqa: E402
+from hypermeta.episodes import Episode, episode_ways  # noqa: E402
 from hypermeta.evaluate import evaluate  # noqa: E402
 from hypermeta.tasks.omniglot import omniglot_tasks  # noqa: E402
 
@@ -82,7 +82,7 @@ def test_sets(data_dir: str, shots: int, count: int) -> dict[str, Episode]:
 def accuracy(predict: Callable[[Episode], Tensor], episodes: Episode) -> dict[str, float]:
     """Mean ± 95% CI accuracy in percent. A fixed-size head (first-order MAML trained 20-way)
     answers an N-way episode through its first N outputs."""
-    ways = int(episodes.support_y.max()) + 1
+    ways = episode_ways(episodes)
     per_task = episodes.support_x.shape[1] + episodes.query_x.shape[1]
 
     def sliced(episode: Episode) -> Tensor:

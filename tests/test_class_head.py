@@ -70,7 +70,7 @@ def test_class_head_starts_as_the_protonet_head():
 
 def test_the_model_equals_protonet_at_initialisation_with_the_same_backbone():
     model = head_model(batchnorm="frozen").eval().double()
-    proto = ProtoNet(torch.nn.Sequential(model.target.module.features, torch.nn.Flatten()), 5)
+    proto = ProtoNet(torch.nn.Sequential(model.target.module.features, torch.nn.Flatten()))
     proto.eval()  # running statistics, as the frozen target uses
     episode = image_tasks().fixed_tasks("test", 4)
     episode = Episode(episode.support_x.double(), episode.support_y, episode.query_x.double(),

@@ -69,13 +69,14 @@ class ProtoNet(nn.Module):
 
     Arguments:
         embedding: any module ``[N, ...] -> [N, D]`` (e.g. the conv-4 feature extractor).
-        ways: classes of a training episode (for reference: every episode's way count is
-            read from its support labels, so a model trained 20-way evaluates 5-way).
+
+    Each episode's way count is read from its support labels, so a model trained 20-way
+    evaluates 5-way episodes too.
     """
 
-    def __init__(self, embedding: nn.Module, ways: int) -> None:
+    def __init__(self, embedding: nn.Module) -> None:
         super().__init__()
-        self.embedding, self.ways = embedding, ways
+        self.embedding = embedding
 
     def forward(self, episode: Episode) -> Tensor:
         x_s, x_q = episode.support_x, episode.query_x

@@ -58,7 +58,7 @@ def build_learner(config: RunConfig, tasks: TaskSource,
             raise ConfigError(f"method: protonet needs a classification task family; "
                               f"{tasks.name!r} is {kind}")
         body = getattr(net, "features", net)  # conv4: the feature extractor, no head
-        return ProtoNet(nn.Sequential(body, nn.Flatten()), tasks.out_dim)
+        return ProtoNet(nn.Sequential(body, nn.Flatten()))
     if method in ("maml", "fomaml"):
         functional = FunctionalTarget(net, batchnorm=config.batchnorm)
         return MAML(functional, kind, inner_lr=config.maml.inner_lr,

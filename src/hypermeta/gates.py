@@ -36,14 +36,14 @@ GATE_SUFFIX = "gate"  # spec entries are named "<site module>.gate"
 INITIAL_LOGIT = GATE_INITIAL_LOGIT
 
 
-def gate_values(logits: Tensor, *, training: bool) -> Tensor:
+def gate_values(logits: Tensor, *, training: bool, keep_one: bool = True) -> Tensor:
     """Gate multipliers from logits ``[..., units]``: hard-concrete samples in training, exact
-    0/1 in evaluation (the top unit of each site always 1)."""
+    0/1 in evaluation (with ``keep_one``, the top unit of each site always 1)."""
     if training:
         u = torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)
         s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + logits) / BETA)
         return (s * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
-    return binary_gates(logits).to(logits.dtype)
+    return binary_gates(logits, keep_one=keep_one).to(logits.dtype)
 
 
 def binary_gates(logits: Tensor, *, keep_one: bool = True) -> Tensor:
@@ -82,10 +82,8 @@ def gate_hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> 
     dim: int = module.gate_dim  # type: ignore[assignment]
     logits = unit_logits(module.gate, module.gate_kind,  # type: ignore[arg-type]
                          module.gate_units)  # type: ignore[arg-type]  # [units] (one task)
-    if module.gate_training:
-        values = gate_values(logits, training=True)
-    else:
-        values = binary_gates(logits, keep_one=not module.gate_closable).to(logits.dtype)
+    values = gate_values(logits, training=bool(module.gate_training),
+                         keep_one=not module.gate_closable)
     shape = [1] * output.dim()
     shape[dim] = -1
     return output * values.reshape(shape)

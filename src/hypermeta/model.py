@@ -223,9 +223,9 @@ def _class_problems(episode: Episode) -> list[str]:
     if y.dim() != 2 or y.is_floating_point():
         return [f"support_y must be integer class labels [T, S] for a class head; got "
                 f"{list(y.shape)} {y.dtype}"]
-    ways = int(y.max()) + 1
     if int(y.min()) < 0:
         return ["support_y labels must be >= 0"]
+    ways = episode_ways(episode)
     present = torch.nn.functional.one_hot(y.long(), ways)
     if episode.support_mask is not None:
         present = present * episode.support_mask[..., None]

@@ -102,8 +102,8 @@ class FunctionalTarget(nn.Module):
         self.config: dict[str, object] | None = getattr(module, "config", None)
         self.module = copy.deepcopy(module)
         self.class_head, self.head_names = class_head, self._make_class_head(class_head)
-        selected = [n for n in _select(self.module, generate, allow_none=class_head is not None)
-                    if n not in self.head_names]
+        # the head's tensors are placeholders by now, so _select never returns them
+        selected = _select(self.module, generate, allow_none=class_head is not None)
         if not selected and adapter != "full":
             raise ValueError(f"adapter={adapter!r} needs generate= to select layers")
         if adapter == "full":
