@@ -13,8 +13,7 @@ from typing import Any
 
 import torch
 
-from hypermeta import __version__
-from hypermeta.checkpoint import atomic_write_json
+from hypermeta import __version__, atomic_write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,13 +54,13 @@ def write_result(path: Path, payload: dict[str, Any]) -> Path:
 def train_in_chunks(config: Any, run_dir: Path, deadline: float, chunk: int = 500) -> Any:
     """``fit`` in chunks of ``chunk`` steps until complete (-> FitResult) or past ``deadline``
     (-> None; the next call resumes exactly where this one stopped)."""
-    from hypermeta.train import fit
+    from hypermeta import fit
 
     result = None
     while result is None or not result.complete:
         if time.time() > deadline:
             return None
-        result = fit(config, run_dir, max_steps=chunk, progress=False)
+        result = fit(config, run_dir, max_steps=chunk)
     return result
 
 

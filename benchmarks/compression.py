@@ -21,9 +21,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, environment, result_path, train_in_chunks, write_result  # noqa: E402
 
-from hypermeta.build import load_learner  # noqa: E402
-from hypermeta.config import RunConfig  # noqa: E402
-from hypermeta.evaluate import evaluate  # noqa: E402
+from hypermeta import RunConfig, evaluate, load_run  # noqa: E402
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "mlp-h256": {"hypernet": {"kind": "mlp", "hidden": [256]}},
@@ -92,7 +90,8 @@ def main() -> None:
         result = train_in_chunks(config(name, args.steps), runs / name, deadline)
         if result is None:
             break
-        model, _, tasks, _ = load_learner(runs / name)
+        loaded = load_run(runs / name)
+        model, tasks = loaded.learner, loaded.tasks
         report = model.parameter_report()
         test = evaluate(model.predict, tasks.fixed_tasks("test"), "regression")
         rows[name] = {**report, "test_mse": test["mean"], "test_ci95": test["ci95"],

@@ -46,12 +46,15 @@ from _common import (  # noqa: E402
     write_result,
 )
 
-from hypermeta.build import load_learner  # noqa: E402
-from hypermeta.checkpoint import atomic_write_json  # noqa: E402
-from hypermeta.config import RunConfig  # noqa: E402
-from hypermeta.episodes import Episode, episode_ways  # noqa: E402
-from hypermeta.evaluate import evaluate  # noqa: E402
-from hypermeta.tasks.omniglot import omniglot_tasks  # noqa: E402
+from hypermeta import (  # noqa: E402
+    Episode,
+    RunConfig,
+    atomic_write_json,
+    episode_ways,
+    evaluate,
+    get_tasks,
+    load_run,
+)
 
 VARIANTS = ("head", "film", "chunked")
 METHODS = ("hypernet", "protonet", "fomaml")
@@ -74,7 +77,7 @@ def config_for(name: str, shots: int, episodes: int, smoke: bool) -> RunConfig:
 
 def test_sets(data_dir: str, shots: int, count: int) -> dict[str, Episode]:
     """The fixed test episodes of every way count at ``shots`` shots."""
-    return {f"{w}w{shots}s": omniglot_tasks(data_dir, ways=w, shots=shots,
+    return {f"{w}w{shots}s": get_tasks("omniglot", data_dir=data_dir, ways=w, shots=shots,
                                             queries=TEST_QUERIES[w]).fixed_tasks("test", count)
             for w in WAYS}
 
@@ -116,7 +119,8 @@ class Benchmark:
         """The hypernet variant (and fine-tuning) with the best 5-way 1-shot val accuracy."""
         if "selection" in self.state:
             return str(self.state["selection"]["variant"])
-        val = omniglot_tasks(self.args.data_dir, ways=5, shots=1, queries=TEST_QUERIES[5])\
+        val = get_tasks("omniglot", data_dir=self.args.data_dir, ways=5, shots=1,
+                        queries=TEST_QUERIES[5])\
             .fixed_tasks("val", self.args.val_tasks)
         scores = self.state.setdefault("select_scores", {})
         for variant in VARIANTS:
@@ -126,13 +130,13 @@ class Benchmark:
                                 f"select-{variant}")
             if result is None:
                 return None
-            learner, _, _, _ = load_learner(self.runs / f"select-{variant}")
+            learner = load_run(self.runs / f"select-{variant}").learner
             scores[variant] = {"val_5w1s": accuracy(learner.predict, val),
                                "steps_done": result.steps_done,
                                "train_seconds": result.train_seconds}
             self.save()
         best = max(scores, key=lambda v: scores[v]["val_5w1s"]["mean"])
-        learner, _, _, _ = load_learner(self.runs / f"select-{best}")
+        learner = load_run(self.runs / f"select-{best}").learner
         tuned = accuracy(functools.partial(learner.predict, finetune_steps=FINETUNE_STEPS), val)
         use_finetune = tuned["mean"] > scores[best]["val_5w1s"]["mean"]
         self.state["selection"] = {"variant": best, "finetune_steps":
@@ -151,7 +155,8 @@ class Benchmark:
         result = self.train(name, shots, episodes, key)
         if result is None:
             return None
-        learner, _, _, cid = load_learner(self.runs / key)
+        loaded = load_run(self.runs / key)
+        learner, cid = loaded.learner, loaded.content_id
         predict = learner.predict
         if method == "hypernet":
             predict = functools.partial(learner.predict,
@@ -169,11 +174,12 @@ class Benchmark:
 
     def latency(self) -> dict[str, Any]:
         """Median ms from a 5-way 1-shot support set to predictions on its 75 queries."""
-        one = omniglot_tasks(self.args.data_dir, ways=5, shots=1, queries=TEST_QUERIES[5])\
+        one = get_tasks("omniglot", data_dir=self.args.data_dir, ways=5, shots=1,
+                        queries=TEST_QUERIES[5])\
             .fixed_tasks("test", 1)
         arms: dict[str, Callable[[], None]] = {}
         for method in METHODS:
-            learner, _, _, _ = load_learner(self.runs / f"{method}-k1")
+            learner = load_run(self.runs / f"{method}-k1").learner
             if method == "hypernet":
                 learner.finetune_lr = FINETUNE_LR
                 steps = self.state["selection"]["finetune_steps"]

@@ -31,10 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, environment, result_path, write_result  # noqa: E402
 
-from hypermeta.build import load_learner  # noqa: E402
-from hypermeta.config import RunConfig  # noqa: E402
-from hypermeta.tasks import SinusoidTasks  # noqa: E402
-from hypermeta.train import fit  # noqa: E402
+from hypermeta import RunConfig, fit, get_tasks, load_run  # noqa: E402
 
 
 def run_to_serve(tmp: Path) -> Path:
@@ -43,7 +40,7 @@ def run_to_serve(tmp: Path) -> Path:
         return headline
     config = RunConfig.from_file(ROOT / "configs" / "sinusoid_hypernet.yaml",
                                  ["train.steps=300", "train.val_every=300"])
-    fit(config, tmp / "run", progress=False)
+    fit(config, tmp / "run")
     return tmp / "run"
 
 
@@ -81,7 +78,7 @@ def main() -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        tasks = SinusoidTasks(shots=10).fixed_tasks("test", 200)
+        tasks = get_tasks("sinusoid", shots=10).fixed_tasks("test", 200)
         latencies: dict[str, list[float]] = {"register": [], "predict": []}
         errors: list[str] = []
         lock = threading.Lock()
@@ -127,7 +124,7 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=30)
     # in-process generation latency: support set -> generated (fine-tuned if configured) params
-    model, _, _, _ = load_learner(run_dir)
+    model = load_run(run_dir).learner
     one = tasks.task(0)
     samples = []
     for _ in range(220):

@@ -38,9 +38,7 @@ from _common import (  # noqa: E402
     write_result,
 )
 
-from hypermeta.build import load_learner  # noqa: E402
-from hypermeta.config import RunConfig  # noqa: E402
-from hypermeta.evaluate import evaluate  # noqa: E402
+from hypermeta import RunConfig, evaluate, load_run  # noqa: E402
 
 METHODS = ("hypernet", "maml", "fomaml", "scratch")
 FINETUNE_STEPS = 10
@@ -62,7 +60,8 @@ def run_unit(method: str, shots: int, seed: int, runs: Path, deadline: float,
     result = train_in_chunks(config, run_dir, deadline)
     if result is None:
         return None
-    learner, _, tasks, cid = load_learner(run_dir)
+    loaded = load_run(run_dir)
+    learner, tasks, cid = loaded.learner, loaded.tasks, loaded.content_id
     test = tasks.fixed_tasks("test")
     out: dict[str, Any] = {
         "method": method, "shots": shots, "seed": seed, "content_id": cid,
@@ -88,8 +87,9 @@ def run_unit(method: str, shots: int, seed: int, runs: Path, deadline: float,
 
 def latency(runs: Path, repeats: int) -> dict[str, Any]:
     """Median ms from support tensors to predictions on 100 query points, one task, K=10."""
-    hyper, _, tasks, _ = load_learner(runs / "hypernet-k10-s0")
-    maml, _, _, _ = load_learner(runs / "maml-k10-s0")
+    loaded = load_run(runs / "hypernet-k10-s0")
+    hyper, tasks = loaded.learner, loaded.tasks
+    maml = load_run(runs / "maml-k10-s0").learner
     one = tasks.fixed_tasks("test").task(0)
 
     def hypernet() -> None:

@@ -36,12 +36,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, environment, result_path, train_in_chunks, write_result  # noqa: E402
 
-from hypermeta.build import load_learner  # noqa: E402
-from hypermeta.config import RunConfig  # noqa: E402
-from hypermeta.evaluate import per_task_metric  # noqa: E402
-from hypermeta.gates import count_flops  # noqa: E402
-from hypermeta.networks import build_network  # noqa: E402
-from hypermeta.tasks.mixed import KINDS  # noqa: E402
+from hypermeta import (  # noqa: E402
+    RunConfig,
+    build_network,
+    count_flops,
+    get_kind,
+    get_tasks,
+    load_run,
+    summarize,
+)
+
+FUNCTIONS = get_tasks("mixed").functions  # the mixed family's functions, easiest first
 
 
 def config(gated: bool, steps: int, sparsity: float, seed: int,
@@ -70,12 +75,10 @@ def omniglot_config(gated: bool, steps: int, sparsity: float, seed: int,
 
 def run_omniglot(args: argparse.Namespace, tag: str, deadline: float,
                  env: dict[str, Any]) -> None:
-    from hypermeta.evaluate import summarize
-    from hypermeta.tasks.omniglot import omniglot_tasks
 
     runs = ROOT / "benchmarks" / "runs" / ("structure-smoke" if args.smoke else "structure")
     path = result_path("structure", f"omniglot-{tag}", smoke=args.smoke)
-    test = omniglot_tasks(args.data_dir, ways=5, shots=1, queries=15).fixed_tasks(
+    test = get_tasks("omniglot", data_dir=args.data_dir, ways=5, shots=1, queries=15).fixed_tasks(
         "test", 20 if args.smoke else 600)
     models, per_task = {}, {}
     for name, gated in (("gated", True), ("ungated", False)):
@@ -87,14 +90,14 @@ def run_omniglot(args: argparse.Namespace, tag: str, deadline: float,
                                 "environment": env, "config": vars(args)})
             print(f"budget used; rerun to continue ({path})")
             sys.exit(3)
-        model, _, _, _ = load_learner(runs / run_name)
+        model = load_run(runs / run_name).learner
         models[name] = model
         scores = []
         for start in range(0, test.num_tasks, 25):
             chunk = test.slice(start, start + 25)
             assert chunk.query_y is not None
-            scores.append(per_task_metric(model.predict(chunk), chunk.query_y,
-                                          "classification"))
+            scores.append(get_kind("classification").per_task_metric(model.predict(chunk),
+                                                                     chunk.query_y))
         per_task[name] = torch.cat(scores)
     acc = {name: summarize(values) for name, values in per_task.items()}  # no second pass
     example = test.query_x[0]
@@ -182,10 +185,11 @@ def main() -> None:
                                 "environment": env, "config": vars(args)})
             print(f"budget used; rerun to continue ({path})")
             sys.exit(3)
-        model, _, tasks, _ = load_learner(runs / run_name)
+        loaded = load_run(runs / run_name)
+        model, tasks = loaded.learner, loaded.tasks
         test = tasks.fixed_tasks("test")
         with torch.no_grad():
-            mse = per_task_metric(model.predict(test), test.query_y, "regression")
+            mse = get_kind("regression").per_task_metric(model.predict(test), test.query_y)
         results[name] = {"model": model, "mse": mse}
     test = tasks.fixed_tasks("test")
     kinds = test.descriptor[:, 0].long()  # type: ignore[index]
@@ -205,7 +209,7 @@ def main() -> None:
                 hidden.append(net.config["hidden"])
     flops_t = torch.tensor(flops, dtype=torch.float64)
     per_kind = {}
-    for k, kind in enumerate(KINDS):
+    for k, kind in enumerate(FUNCTIONS):
         mask = kinds == k
         per_kind[kind] = {
             "difficulty_rank": k, "tasks": int(mask.sum()),
@@ -221,8 +225,8 @@ def main() -> None:
     summary = {
         "flops_reduction": 1 - float(flops_t.mean()) / full_flops,
         "rel_mse_loss": (mse_gated - mse_ungated) / mse_ungated,
-        "difficulty_spearman": spearman(list(range(len(KINDS))),
-                                        [per_kind[k]["mean_flops"] for k in KINDS]),
+        "difficulty_spearman": spearman(list(range(len(FUNCTIONS))),
+                                        [per_kind[k]["mean_flops"] for k in FUNCTIONS]),
         "mse_gated": mse_gated, "mse_ungated": mse_ungated,
         "mean_params_gated": statistics.mean(params), "params_ungated": full_params,
         "flops_ungated": full_flops,

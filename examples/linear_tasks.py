@@ -16,8 +16,15 @@ import time
 import torch
 from torch import Tensor, nn
 
-from hypermeta import Episode, FeatureEncoder, FunctionalTarget, HyperModel, MLPHyperNet, SetEncoder
-from hypermeta.tasks import LinearTasks
+from hypermeta import (
+    Episode,
+    FeatureEncoder,
+    FunctionalTarget,
+    HyperModel,
+    MLPHyperNet,
+    SetEncoder,
+    get_tasks,
+)
 
 
 def least_squares_mse(episode: Episode) -> Tensor:
@@ -45,7 +52,7 @@ def run(descriptor: str = "support", *, steps: int = 8000, meta_batch: int = 64,
         raise ValueError(f"descriptor must be 'support' or 'features', got {descriptor!r}")
     torch.manual_seed(seed)
     model = build(descriptor)
-    tasks = LinearTasks(shots=shots, queries=20, eval_queries=100, noise=0.1)
+    tasks = get_tasks("linear", shots=shots, queries=20, eval_queries=100, noise=0.1)
     train_gen = torch.Generator().manual_seed(seed)
     test = tasks.fixed_tasks("test", test_tasks)  # fixed seed, independent of training
     if isinstance(model.encoder, FeatureEncoder):

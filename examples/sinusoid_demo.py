@@ -14,10 +14,7 @@ from pathlib import Path
 
 import torch
 
-from hypermeta.build import load_learner
-from hypermeta.config import RunConfig
-from hypermeta.evaluate import evaluate
-from hypermeta.train import fit
+from hypermeta import Episode, ProgressBar, RunConfig, evaluate, fit, get_tasks, load_run
 
 
 def config(method: str, shots: int, steps: int) -> RunConfig:
@@ -41,13 +38,10 @@ def plot(models: dict[tuple[str, int], torch.nn.Module], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hypermeta.episodes import Episode
-    from hypermeta.tasks import SinusoidTasks
-
     fig, axes = plt.subplots(2, 4, figsize=(16, 7), sharex=True)
     grid = torch.linspace(-5, 5, 200)[None, :, None].expand(4, -1, -1)
     for row, shots in enumerate((5, 10)):
-        test = SinusoidTasks(shots=shots).fixed_tasks("test", 4)
+        test = get_tasks("sinusoid", shots=shots).fixed_tasks("test", 4)
         theta = test.descriptor
         assert isinstance(theta, torch.Tensor)
         episode = Episode(test.support_x, test.support_y, grid)
@@ -79,8 +73,10 @@ def main() -> None:
     for shots in (5, 10):
         for method in ("hypernet", "maml"):
             run = args.out / f"{method}-k{shots}"
-            fit(config(method, shots, args.steps), run, progress=args.progress)
-            learner, cfg, tasks, _ = load_learner(run)
+            fit(config(method, shots, args.steps), run,
+                callbacks=[ProgressBar()] if args.progress else [])
+            loaded = load_run(run)
+            learner, tasks = loaded.learner, loaded.tasks
             models[(method, shots)] = learner
             test = tasks.fixed_tasks("test")
             predict = learner.predict

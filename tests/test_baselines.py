@@ -5,7 +5,10 @@ from torch import nn
 from hypermeta import MLP, Episode, FunctionalTarget, HyperModel, MLPHyperNet, SetEncoder
 from hypermeta.adapt import adapt
 from hypermeta.baselines import MAML
-from hypermeta.evaluate import per_task_loss, summarize
+from hypermeta.evaluate import summarize
+from hypermeta.kinds import get_kind
+
+REGRESSION = get_kind("regression")
 
 
 def tiny_episode(num_tasks=3):
@@ -22,7 +25,7 @@ def test_maml_meta_gradient_matches_hand_written_autograd(first_order):
     maml = MAML(FunctionalTarget(net), "regression", inner_lr=0.1, inner_steps=2,
                 first_order=first_order)
     episode = tiny_episode()
-    loss = per_task_loss(maml(episode), episode.query_y, "regression").mean()
+    loss = REGRESSION.per_task_loss(maml(episode), episode.query_y).mean()
     (auto,) = torch.autograd.grad(loss, [maml.init])
 
     # reference: an explicit per-task loop over a plain nn.Module's weights
@@ -52,7 +55,7 @@ def test_second_order_differs_from_first_order():
     for first_order in (False, True):
         maml = MAML(FunctionalTarget(net), "regression", inner_lr=0.1, first_order=first_order)
         ep = tiny_episode()
-        loss = per_task_loss(maml(ep), ep.query_y, "regression").mean()
+        loss = REGRESSION.per_task_loss(maml(ep), ep.query_y).mean()
         grads.append(torch.autograd.grad(loss, [maml.init])[0])
     assert not torch.allclose(grads[0], grads[1])
 
@@ -66,8 +69,8 @@ def test_finetuning_is_deterministic_and_lowers_the_support_loss():
     after = model.adapted_params(episode)
     again = model.adapted_params(episode)
     assert all(torch.equal(after[k], again[k]) for k in after)
-    loss_before = per_task_loss(target(before, episode.support_x), episode.support_y, "regression")
-    loss_after = per_task_loss(target(after, episode.support_x), episode.support_y, "regression")
+    loss_before = REGRESSION.per_task_loss(target(before, episode.support_x), episode.support_y)
+    loss_after = REGRESSION.per_task_loss(target(after, episode.support_x), episode.support_y)
     assert torch.all(loss_after < loss_before)
     nets = model.generate(episode)
     torch.testing.assert_close(nets[1](episode.query_x[1]), model.predict(episode)[1])
@@ -78,10 +81,10 @@ def test_adapt_batched_equals_per_task():
     params = {"weight": torch.randn(3, 1, 1, dtype=torch.float64),
               "bias": torch.randn(3, 1, dtype=torch.float64)}
     episode = tiny_episode()
-    batched = adapt(target, params, episode, "regression", steps=3, lr=0.1)
+    batched = adapt(target, params, episode, REGRESSION, steps=3, lr=0.1)
     for t in range(3):
         one = adapt(target, {k: v[t:t + 1] for k, v in params.items()}, episode.task(t),
-                    "regression", steps=3, lr=0.1)
+                    REGRESSION, steps=3, lr=0.1)
         for k in params:
             torch.testing.assert_close(batched[k][t], one[k][0], rtol=0, atol=1e-12)
 

@@ -12,7 +12,7 @@ import torch
 
 from hypermeta import ClassHead, Conv4, Episode, FunctionalTarget, HyperModel
 from hypermeta.baselines import ProtoNet
-from hypermeta.tasks import TASKS, LabeledArrayTasks
+from hypermeta.tasks import TASK_FAMILIES, LabeledArrayTasks
 
 DATA = os.environ.get("HYPERMETA_DATA")
 HAS_OMNIGLOT = DATA is not None and (Path(DATA) / "omniglot" / "omniglot.npz").is_file()
@@ -168,13 +168,19 @@ def test_wrong_construction_is_refused():
         HyperModel(None, None, target, class_head=ClassHead(target.feature_dim))
 
 
-def test_end_to_end_training_on_synthetic_images_beats_chance(tmp_path, monkeypatch):
-    from hypermeta.build import load_learner
+@pytest.fixture
+def synthetic_family():
+    TASK_FAMILIES.register("synthetic", lambda **kw: image_tasks(**kw))
+    yield
+    TASK_FAMILIES.unregister("synthetic")
+
+
+def test_end_to_end_training_on_synthetic_images_beats_chance(tmp_path, synthetic_family):
     from hypermeta.config import RunConfig
     from hypermeta.evaluate import evaluate
+    from hypermeta.runs import load_run
     from hypermeta.train import fit
 
-    monkeypatch.setitem(TASKS, "synthetic", lambda **kw: image_tasks(**kw))
     config = RunConfig.from_dict({
         "method": "hypernet", "seed": 0,
         "tasks": {"name": "synthetic", "ways": 5, "shots": 1, "queries": 3},
@@ -183,8 +189,9 @@ def test_end_to_end_training_on_synthetic_images_beats_chance(tmp_path, monkeypa
         "generate": "none", "class_head": {"enabled": True, "hidden": 16},
         "train": {"steps": 150, "meta_batch": 4, "lr": 0.003, "val_every": 150,
                   "val_tasks": 50}})
-    fit(config, tmp_path, progress=False)
-    learner, _, tasks, _ = load_learner(tmp_path)
+    fit(config, tmp_path)
+    run = load_run(tmp_path)
+    learner, tasks = run.learner, run.tasks
     test = tasks.fixed_tasks("test", 100)
     trained = evaluate(learner.predict, test, "classification")["mean"]
     torch.manual_seed(0)

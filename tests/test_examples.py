@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+import hypermeta
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -25,7 +27,7 @@ def test_linear_example_is_within_20_percent_of_least_squares(descriptor):
 def test_cli_version():
     out = subprocess.run([sys.executable, "-m", "hypermeta", "--version"], capture_output=True,
                          text=True, check=True)
-    assert out.stdout.strip() == "hypermeta 0.1.0"
+    assert out.stdout.strip() == f"hypermeta {hypermeta.__version__}"
 
 
 def run_cli(*args, cwd=None):

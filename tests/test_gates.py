@@ -71,12 +71,13 @@ def test_a_site_never_loses_every_unit_and_says_so():
 
 
 def test_gradients_reach_the_gate_generator():
-    target = FunctionalTarget(MLP(1, 1, hidden=(8,)), gates=True)
+    target = FunctionalTarget(MLP(1, 1, hidden=(8,)), gates=True, gate_sparsity=1.0)
     hyper = MLPHyperNet(target.spec, 8)
     model = HyperModel(SetEncoder(1, 1, 8), hyper, target).train()
     ep = Episode(torch.randn(4, 5, 1), torch.randn(4, 5, 1), torch.randn(4, 6, 1),
                  torch.randn(4, 6, 1))
-    loss = ((model(ep) - ep.query_y) ** 2).mean() + model.last_structure_cost
+    out = model.outputs(ep)
+    loss = ((out.pred - ep.query_y) ** 2).mean() + out.extra_loss
     loss.backward()
     start = sum(target.spec.sizes()[:-1])  # the gate logits are the last spec entry
     assert target.spec.kinds[-1] == "gate"
@@ -85,8 +86,8 @@ def test_gradients_reach_the_gate_generator():
 
 
 def test_sparsity_cost_lowers_the_active_size(tmp_path):
-    from hypermeta.build import load_learner
     from hypermeta.config import RunConfig
+    from hypermeta.runs import load_run
     from hypermeta.train import fit
 
     active = {}
@@ -98,8 +99,9 @@ def test_sparsity_cost_lowers_the_active_size(tmp_path):
             "gates": {"enabled": True, "sparsity": sparsity},
             "train": {"steps": 150, "meta_batch": 8, "val_every": 150, "val_tasks": 10,
                       "lr": 1e-2}})
-        fit(config, tmp_path / str(sparsity), progress=False)
-        model, _, tasks, _ = load_learner(tmp_path / str(sparsity))
+        fit(config, tmp_path / str(sparsity))
+        run = load_run(tmp_path / str(sparsity))
+        model, tasks = run.learner, run.tasks
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             nets = model.generate(tasks.fixed_tasks("test", 20))
@@ -139,3 +141,14 @@ def test_whole_residual_blocks_close_and_are_removed():
     empty = target.materialize(task(params, 0))  # every block closed: stem + head remain
     assert len(empty.blocks) == 0
     torch.testing.assert_close(empty(x[0]), target(params, x)[0])
+
+
+def test_gates_follow_the_target_mode_and_return_their_weighted_cost():
+    target = FunctionalTarget(MLP(2, 3, hidden=(16,)), gates=True, gate_sparsity=0.3).double()
+    params = gated_params(target, 3)
+    x = torch.randn(3, 5, 2, dtype=torch.float64)
+    assert not torch.equal(target.train()(params, x), target(params, x))  # sampled gates
+    assert torch.equal(target.eval()(params, x), target(params, x))  # binary gates
+    cost = target.structure_cost(params)
+    torch.testing.assert_close(cost, structure_cost(params, target.spec))
+    torch.testing.assert_close(target.extra_loss(params), 0.3 * cost)

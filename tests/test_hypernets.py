@@ -126,3 +126,24 @@ def test_wrong_embedding_width_raises():
     target = FunctionalTarget(MLP(1, 1))
     with pytest.raises(ValueError, match=r"z must have shape \[T, 8\]"):
         MLPHyperNet(target.spec, 8)(torch.randn(3, 7))
+
+
+def test_part_rows_start_as_their_inits_say():
+    from hypermeta.gates import GATE_INITIAL_LOGIT, initial_width
+
+    target = FunctionalTarget(MLP(2, 1, hidden=(8, 6)), generate=[nn.Linear], adapter="lowrank",
+                              rank=2, gates=True)
+    hyper = MLPHyperNet(target.spec, 16)
+    params = hyper(torch.randn(512, 16))
+    assert torch.all(params["0.lora_b"] == 0)
+    he = math.sqrt(2 / 8)  # lora_a of layer 2: [rank, fan_in 8], He by fan_in
+    assert he / 2 <= params["2.lora_a"].std().item() <= he * 2
+    bias = target.spec.unflatten(hyper.head.bias.detach())
+    assert torch.all(bias["0.gate"] == GATE_INITIAL_LOGIT)  # gates start open
+    stds = target.spec.unflatten(target.spec.he_std())
+    assert torch.all(stds["0.gate"] == 1)  # and differ between tasks from the start
+    width = FunctionalTarget(MLP(2, 1, hidden=(8, 6)), gates=True, gate_mode="width")
+    offsets = width.spec.unflatten(width.spec.offsets())
+    assert offsets["2.gate"].item() == pytest.approx(initial_width(6))
+    stds = width.spec.unflatten(width.spec.he_std())
+    assert stds["2.gate"].item() == pytest.approx(0.1)

@@ -105,8 +105,8 @@ def test_prepare_round_trip_equals_the_shipped_arrays(tmp_path):
     _zip_split(tmp_path / "release", "images_evaluation")  # the release ships zips
     out28 = prepare_omniglot(tmp_path / "release", tmp_path / "o28.npz")
     out105 = subprocess.run([sys.executable, "-m", "hypermeta", "data", "prepare", "omniglot",
-                             str(tmp_path / "release"), str(tmp_path / "o105.npz"), "--size",
-                             "105"], capture_output=True, text=True)
+                             str(tmp_path / "release"), str(tmp_path / "o105.npz"), "--option",
+                             "size=105"], capture_output=True, text=True)
     assert out105.returncode == 0, out105.stderr
     with np.load(folder / "omniglot.npz") as data:
         shipped28 = {k: data[k][rows] for k in data.files}
@@ -121,11 +121,66 @@ def test_prepare_round_trip_equals_the_shipped_arrays(tmp_path):
 
 @needs_data
 def test_omniglot_is_a_registered_family_for_configs():
-    from hypermeta.build import build_tasks
     from hypermeta.config import RunConfig
+    from hypermeta.runs import build_tasks
 
     config = RunConfig.from_file(Path(__file__).resolve().parents[1] / "configs"
                                  / "omniglot_hypernet_film.yaml")
     tasks = build_tasks(config)
-    assert tasks.name == "omniglot" and tasks.task_kind == "classification"
+    assert tasks.name == "omniglot" and tasks.kind.name == "classification"
     assert tasks.x_shape == (1, 28, 28) and tasks.out_dim == 20
+
+
+@needs_data
+def test_chosen_alphabets_and_class_lists_are_config_and_recorded_as_provenance(tmp_path):
+    from hypermeta import get_tasks
+
+    full = get_tasks("omniglot", data_dir=DATA, ways=5, shots=1, queries=1)
+    latin = get_tasks("omniglot", data_dir=DATA, ways=5, shots=1, queries=1,
+                      alphabets=["Latin", "Greek"])
+    assert 0 < len(latin.classes["train"]) < len(full.classes["train"])
+    assert full.provenance()["data_sha256"] == latin.provenance()["data_sha256"]
+    assert full.provenance()["classes_sha256"] != latin.provenance()["classes_sha256"]
+    # explicit class-list files replace a split's list, and their digest follows the content
+    lines = read_split(DATA, "test")[:40]
+    (tmp_path / "test.txt").write_text("\n".join(lines) + "\n")
+    mine = get_tasks("omniglot", data_dir=DATA, ways=5, shots=1, queries=1,
+                     class_lists={"test": str(tmp_path / "test.txt")})
+    assert len(mine.classes["test"]) == 40
+    assert mine.provenance()["classes_sha256"]["train"] == \
+        full.provenance()["classes_sha256"]["train"]
+    assert mine.provenance()["classes_sha256"]["test"] != \
+        full.provenance()["classes_sha256"]["test"]
+    with pytest.raises(ValueError, match=r"alphabets \['Klingon'\] are not in Omniglot"):
+        get_tasks("omniglot", data_dir=DATA, alphabets=["Klingon"])
+    with pytest.raises(ValueError, match="class_lists takes the splits"):
+        get_tasks("omniglot", data_dir=DATA, class_lists={"dev": "x.txt"})
+
+
+@needs_data
+def test_eval_refuses_a_run_whose_class_lists_changed(tmp_path):
+    from hypermeta import RunConfig, fit, load_run
+
+    alphabets = sorted({read_split(DATA, split)[0].split("/")[0]
+                        for split in ("train", "val", "test")})  # one of each split
+    config = RunConfig.from_dict({
+        "method": "protonet", "tasks": {"name": "omniglot", "data_dir": DATA, "ways": 5,
+                                        "shots": 1, "queries": 1, "alphabets": alphabets},
+        "target": {"name": "conv4", "hidden": 8},
+        "train": {"steps": 1, "meta_batch": 1, "val_every": 1, "val_tasks": 2}})
+    data = tmp_path / "data"
+    (data / "omniglot" / "splits" / "vinyals").mkdir(parents=True)
+    for name in ("omniglot.npz", "omniglot105.npz"):
+        (data / "omniglot" / name).symlink_to(Path(DATA) / "omniglot" / name)
+    for name in ("train", "val", "test", "trainval"):
+        (data / "omniglot" / "splits" / "vinyals" / f"{name}.txt").write_text(
+            "\n".join(read_split(DATA, name)) + "\n")
+    config = RunConfig.from_dict({**config.model_dump(),
+                                  "tasks": {**config.tasks.model_dump(), "data_dir": str(data)}})
+    fit(config, tmp_path / "run")
+    assert load_run(tmp_path / "run").provenance["classes_sha256"]
+    test_list = data / "omniglot" / "splits" / "vinyals" / "test.txt"
+    test_list.write_text("\n".join(read_split(DATA, "test")[4:]) + "\n")  # drop a character
+    with pytest.raises(ValueError, match=r"trained on other data.*classes_sha256"):
+        load_run(tmp_path / "run")
+    assert load_run(tmp_path / "run", allow_data_change=True).provenance != {}

@@ -11,8 +11,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from hypermeta import Episode, HyperModel
+from hypermeta import Episode
 from hypermeta.config import RunConfig
+from hypermeta.runs import load
 from hypermeta.serve import create_app
 from hypermeta.train import fit
 
@@ -24,7 +25,7 @@ def tiny(tmp_path_factory, name, **extra):
         "target": {"name": "mlp", "in_dim": 1, "out_dim": 1, "hidden": [8]},
         "encoder": {"kind": "set", "dim": 8, "hidden": 16}, "hypernet": {"hidden": [16]},
         "train": {"steps": 4, "meta_batch": 4, "val_every": 2, "val_tasks": 5}, **extra})
-    fit(config, run, progress=False)
+    fit(config, run)
     return run
 
 
@@ -52,7 +53,7 @@ def client(run_dir, tmp_path, **kwargs):
 
 
 def expected(run_dir, support, query):
-    model = HyperModel.load(run_dir)
+    model = load(run_dir)
     x = torch.tensor(support["x"])[None]
     episode = Episode(x, torch.tensor(support["y"])[None, :, None], torch.tensor(query)[None])
     return model.predict(episode)[0].tolist()
@@ -93,8 +94,12 @@ def test_descriptor_registration(feature_run, tmp_path):
 
 
 @pytest.mark.parametrize("body, status, message", [
-    ({"support": {"x": [[1.0, 2.0]], "y": [1.0]}}, 422, "expected [N, 1]"),
-    ({"support": {"x": [["a"]], "y": [1.0]}}, 422, "array of numbers"),
+    ({"support": {"x": [[1.0, 2.0]], "y": [1.0]}}, 422, "must be an array of shape [1]"),
+    ({"support": {"x": [["a"]], "y": [1.0]}}, 422, "support.x[0][0] must be a number, got str"),
+    ({"support": {"x": [["1.5"]], "y": [1.0]}}, 422, "must be a number, got str"),
+    ({"support": {"x": [[True]], "y": [1.0]}}, 422, "must be a number, got bool"),
+    ({"support": {"x": [[1e300]], "y": [1.0]}}, 422, "beyond the float32 range"),
+    ({"support": {"x": [[1.0]], "y": [1e300]}}, 422, "beyond the float32 range"),
     ({"support": {"x": [[1.0], [2.0]], "y": [1.0]}}, 422, "support.y has 1"),
     ({"support": {"x": [], "y": []}}, 422, "is empty"),
     ({"descriptor": [1.0, 2.0], "support": SUPPORT}, 422, "exactly one"),
@@ -213,15 +218,16 @@ class Blobs:
 
 
 def test_classification_predictions_come_with_probabilities(tmp_path, monkeypatch):
-    from hypermeta.tasks import TASKS
+    from hypermeta.registry import TASK_FAMILIES
 
-    monkeypatch.setitem(TASKS, "blobs", Blobs)
+    monkeypatch.setattr(TASK_FAMILIES, "_entries", dict(TASK_FAMILIES._entries))
+    TASK_FAMILIES.register("blobs", Blobs)  # into the copy: gone after the test
     config = RunConfig.from_dict({
         "method": "hypernet", "tasks": {"name": "blobs", "shots": 2, "queries": 3, "ways": 3},
         "target": {"name": "mlp", "in_dim": 4, "out_dim": 3, "hidden": [8]},
         "encoder": {"kind": "set", "dim": 8, "hidden": 16}, "hypernet": {"hidden": [16]},
         "train": {"steps": 2, "meta_batch": 2, "val_every": 2, "val_tasks": 4}})
-    fit(config, tmp_path / "run", progress=False)
+    fit(config, tmp_path / "run")
     with client(tmp_path / "run", tmp_path) as api:
         support = {"x": [[0.0] * 4, [1.0] * 4, [2.0] * 4], "y": [0, 1, 2]}
         reply = api.post("/v1/predict", json={"support": support, "x": [[0.5] * 4, [2.0] * 4]})
@@ -231,4 +237,4 @@ def test_classification_predictions_come_with_probabilities(tmp_path, monkeypatc
         assert all(abs(sum(row) - 1) < 1e-5 for row in body["probabilities"])
         bad = {"x": support["x"], "y": [0, 1, 5]}
         reply = api.post("/v1/tasks", json={"support": bad})
-        assert reply.status_code == 422 and "labels 0..2" in reply.text
+        assert reply.status_code == 422 and "labels must lie in 0..2" in reply.text

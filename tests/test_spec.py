@@ -64,3 +64,22 @@ def test_invalid_spec_raises(kwargs, message):
 def test_unflatten_wrong_width_raises():
     with pytest.raises(ValueError, match="spec needs 12"):
         make_spec().unflatten(torch.randn(2, 11))
+
+
+def test_a_parts_kind_needs_and_follows_an_explicit_initialisation():
+    from hypermeta.spec import Init
+
+    rows = dict(names=("p.a", "p.b"), shapes=(torch.Size([2, 8]), torch.Size([4])),
+                kinds=("my_factor", "my_shift"), fan_in=(8, 4), fan_out=(2, 4))
+    with pytest.raises(ValueError, match="explicit initialisation"):
+        ParamSpec(**rows)
+    part = ParamSpec(**rows, inits=(Init(std=1.0, he=True), Init(offset=0.5, std=0.1)))
+    assert torch.allclose(part.he_std(), torch.tensor([0.5] * 16 + [0.1] * 4))
+    assert torch.allclose(part.he_std("fan_out"), torch.tensor([1.0] * 16 + [0.1] * 4))
+    assert torch.equal(part.offsets(), torch.tensor([0.0] * 16 + [0.5] * 4))
+    both = ParamSpec.concat([make_spec(), part])
+    assert both.names == make_spec().names + part.names
+    assert torch.equal(both.offsets(), torch.cat([make_spec().offsets(), part.offsets()]))
+    assert make_spec().inits[2] == Init(offset=1.0)  # generic kinds get their defaults
+    with pytest.raises(ValueError, match="unique"):
+        ParamSpec.concat([part, part])

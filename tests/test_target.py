@@ -1,3 +1,4 @@
+import functools
 import gc
 import warnings
 import weakref
@@ -15,9 +16,12 @@ from hypermeta import (
     GRUNet,
     LSTMNet,
     MLPHyperNet,
+    ResMLP,
     TransformerNet,
     build_network,
 )
+from hypermeta.parts import Part, register_placeholder
+from hypermeta.spec import Init, ParamSpec
 from tests.helpers import random_params, task
 
 T = 3
@@ -286,3 +290,126 @@ def test_film_on_bias_free_conv_adds_a_bias_when_materialized():
 def test_adapter_without_linear_or_conv_raises():
     with pytest.raises(ValueError, match="no nn.Linear or nn.Conv2d weight"):
         FunctionalTarget(Conv4(hidden=8), generate=[nn.BatchNorm2d], adapter="lowrank")
+
+
+class OutputBias(Part):
+    """A user's own part: a per-task bias added to one layer's output, with an L2 penalty."""
+
+    def __init__(self, layer: str, penalty: float = 0.5) -> None:
+        super().__init__()
+        self.layer, self.penalty = layer, penalty
+        self.name = f"{layer}.task_bias"
+        self.handles = []
+
+    def install(self, module):
+        layer = module.get_submodule(self.layer)
+        register_placeholder(layer, "task_bias")
+        self.handles.append(layer.register_forward_hook(functools.partial(self._hook, 1.0)))
+        return ParamSpec((self.name,), (torch.Size([layer.out_features]),), ("task_bias",),
+                         (1,), (1,), (Init(offset=0.25, std=0.1),))
+
+    def _hook(self, scale, layer, inputs, output):
+        return output + scale * layer.get_buffer("task_bias")
+
+    def extra_loss(self, params):
+        return self.penalty * params[self.name].pow(2).mean()
+
+    def merge(self, module, params):
+        module.get_submodule(self.layer).bias.add_(params[self.name])
+        return module
+
+
+def test_a_user_part_is_generated_batched_per_task_and_materialized_with_its_extra_loss():
+    net = MLP(2, 3, hidden=(8,))
+    target = FunctionalTarget(net, generate="0.*", parts=[OutputBias("2")]).double()
+    plain = FunctionalTarget(net, generate="0.*").double()  # the same network without the part
+    assert target.spec.names == ("0.weight", "0.bias", "2.task_bias")
+    assert target.spec.inits[-1] == Init(offset=0.25, std=0.1)
+    start = target.initial_params()["2.task_bias"]  # one draw of its Init, seeded
+    assert start.shape == (3,) and (start - 0.25).abs().max() < 0.5
+    hyper = MLPHyperNet(target.spec, 4).double()  # the hypernetwork generates the part's row
+    params = hyper(torch.randn(T, 4, dtype=torch.float64))
+    assert params["2.task_bias"].shape == (T, 3)
+    x = torch.randn(T, 5, 2, dtype=torch.float64)
+    out = target(params, x)
+    for i in range(T):
+        single = target._call_one(task(params, i), x[i])
+        torch.testing.assert_close(out[i], single, rtol=0, atol=1e-12)
+        without = plain._call_one({n: params[n][i] for n in plain.spec.names}, x[i])
+        torch.testing.assert_close(out[i], without + params["2.task_bias"][i])
+        torch.testing.assert_close(target.materialize(task(params, i))(x[i]), out[i],
+                                   rtol=0, atol=1e-12)
+    loss = target.extra_loss(params)
+    torch.testing.assert_close(loss, 0.5 * params["2.task_bias"].pow(2).mean())
+    loss.backward()
+    assert hyper.head.weight.grad.abs().sum() > 0
+    assert plain.extra_loss(task(params, 0)) is None
+
+
+def test_parts_compose_lowrank_user_part_and_gates_and_losses_add_up():
+    target = FunctionalTarget(MLP(2, 3, hidden=(16, 12)), generate=[nn.Linear],
+                              adapter="lowrank", rank=2, gates=True, gate_sparsity=0.1,
+                              parts=[OutputBias("4")]).double().eval()
+    assert [type(p).__name__ for p in target.parts] == ["LowRank", "OutputBias", "Gates"]
+    params = random_params(target, T)
+    x = torch.randn(T, 5, 2, dtype=torch.float64)
+    out = target(params, x)
+    for i in range(T):
+        small = target.materialize(task(params, i))
+        torch.testing.assert_close(small(x[i]), out[i], rtol=1e-9, atol=1e-9)
+    expected = 0.1 * target.structure_cost(params) + 0.5 * params["4.task_bias"].pow(2).mean()
+    torch.testing.assert_close(target.extra_loss(params), expected)
+
+
+def test_extra_loss_structure_cost_and_network_size():
+    net = MLP(2, 3, hidden=(8,))
+    numel = sum(p.numel() for p in net.parameters())
+    plain = FunctionalTarget(net, generate="2.*")
+    params = random_params(plain, T, dtype=torch.float32)
+    assert plain.extra_loss(params) is None
+    assert plain.structure_cost(params) == 0
+    assert plain.network_numel() == numel
+    gated = FunctionalTarget(net, gates=True)  # gate_sparsity 0: no extra loss
+    params = random_params(gated, T, dtype=torch.float32)
+    assert gated.extra_loss(params) is None
+    assert 0 < gated.structure_cost(params) < 1
+    assert gated.network_numel() == numel
+    lowrank = FunctionalTarget(net, generate="0.weight", adapter="lowrank", rank=2)
+    assert lowrank.network_numel() == numel
+    with pytest.raises(ValueError, match="needs gates=True"):
+        FunctionalTarget(net, gate_sparsity=0.5)
+    with pytest.raises(TypeError, match="parts= takes"):
+        FunctionalTarget(net, parts=[nn.Linear(2, 2)])
+
+
+def test_parts_set_no_attributes_on_the_users_modules_and_follow_train_eval():
+    classes = {cls: set(vars(cls)) for cls in (ResMLP, nn.Linear, nn.Sequential)}
+    target = FunctionalTarget(ResMLP(2, 3, 8, (6, 5)), generate=[nn.Linear], adapter="film",
+                              gates=True, gate_sparsity=0.1)
+    for name, module in target.module.named_modules():
+        added = [k for k in vars(module) if k.startswith(("gate", "film", "lora"))]
+        assert not added, f"{name or 'root'} has attributes {added}"
+    assert {cls: set(vars(cls)) for cls in classes} == classes
+    target.eval()
+    assert not any(p.training for p in target.parts)
+    target.train()
+    assert all(p.training for p in target.parts)
+
+
+@pytest.mark.parametrize("kwargs", [dict(gates=True), dict(adapter="lowrank"),
+                                    dict(adapter="film", generate="0.*"),
+                                    dict(parts=[OutputBias("2")])],
+                         ids=["gates", "lowrank", "film", "user"])
+def test_materialize_keeps_the_targets_hooks_and_returns_a_network_without_hooks(kwargs):
+    target = FunctionalTarget(MLP(2, 3, hidden=(8,)), **kwargs).double().eval()
+    hooks = {n: dict(m._forward_hooks) for n, m in target.module.named_modules()}
+    assert any(hooks.values())
+    params = random_params(target, T)
+    x = torch.randn(T, 5, 2, dtype=torch.float64)
+    out = target(params, x)
+    net = target.materialize(task(params, 0))
+    assert all(not m._forward_hooks for m in net.modules())
+    assert not [n for n, _ in net.named_buffers() if n.endswith(("gate", "task_bias"))]
+    assert {n: dict(m._forward_hooks) for n, m in target.module.named_modules()} == hooks
+    torch.testing.assert_close(target(params, x), out, rtol=0, atol=0)
+    torch.testing.assert_close(net(x[0]), out[0], rtol=1e-9, atol=1e-9)

@@ -9,6 +9,7 @@ from torch import nn
 from hypermeta import HyperModel
 from hypermeta.checkpoint import CheckpointError, load_checkpoint
 from hypermeta.config import ConfigError, RunConfig
+from hypermeta.runs import load
 from hypermeta.train import fit
 
 
@@ -33,50 +34,51 @@ def losses(run_dir):
 
 def test_resume_continues_exactly(tmp_path):
     config = sinusoid_config(steps=40)
-    whole = fit(config, tmp_path / "whole", progress=False)
-    first = fit(config, tmp_path / "parts", progress=False, max_steps=25)
+    whole = fit(config, tmp_path / "whole")
+    first = fit(config, tmp_path / "parts", max_steps=25)
     assert first.steps_done == 25 and not first.complete
-    second = fit(config, tmp_path / "parts", progress=False)
+    second = fit(config, tmp_path / "parts")
     assert second.steps_done == 40 and second.complete
     assert losses(tmp_path / "parts") == losses(tmp_path / "whole")
     assert second.content_id == whole.content_id
 
 
 def test_a_different_config_in_the_same_folder_is_refused(tmp_path):
-    fit(sinusoid_config(steps=2), tmp_path / "run", progress=False)
+    fit(sinusoid_config(steps=2), tmp_path / "run")
     with pytest.raises(ConfigError, match="different config"):
-        fit(sinusoid_config(steps=3), tmp_path / "run", progress=False)
+        fit(sinusoid_config(steps=3), tmp_path / "run")
 
 
 def test_a_run_saved_before_a_config_field_existed_still_resumes(tmp_path):
     config = sinusoid_config(steps=30)
-    fit(config, tmp_path, progress=False, max_steps=10)
+    fit(config, tmp_path, max_steps=10)
     saved = json.loads((tmp_path / "config.json").read_text())
     del saved["class_head"]  # as written by a version without that section
     saved["gates"].pop("mode")
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    assert fit(config, tmp_path, progress=False).steps_done == 30
+    assert fit(config, tmp_path).steps_done == 30
     saved["seed"] = 5  # a real difference is still refused
     (tmp_path / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ConfigError, match="different config"):
-        fit(config, tmp_path, progress=False)
+        fit(config, tmp_path)
 
 
 @pytest.mark.parametrize("method", ["hypernet", "maml", "fomaml"])
 def test_smoke_training_lowers_the_loss(tmp_path, method):
     config = sinusoid_config(method, steps=300, val_every=300, lr=1e-2)
-    fit(config, tmp_path / method, progress=False)
+    fit(config, tmp_path / method)
     values = losses(tmp_path / method)
     assert np.mean(values[-30:]) < 0.85 * np.mean(values[:30]), (values[:5], values[-5:])
 
 
 def test_scratch_has_nothing_to_meta_train_but_evaluates(tmp_path):
-    from hypermeta.build import load_learner
     from hypermeta.evaluate import evaluate
+    from hypermeta.runs import load_run
 
-    result = fit(sinusoid_config("scratch"), tmp_path / "s", progress=False)
+    result = fit(sinusoid_config("scratch"), tmp_path / "s")
     assert result.steps_done == 0 and result.complete
-    learner, _, tasks, _ = load_learner(tmp_path / "s")
+    loaded = load_run(tmp_path / "s")
+    learner, tasks = loaded.learner, loaded.tasks
     test = tasks.fixed_tasks("test", 20)
     trained = evaluate(learner.predict, test, "regression")["mean"]
     learner.steps = 0  # no training at all is worse than 5 Adam steps on the support set
@@ -84,7 +86,7 @@ def test_scratch_has_nothing_to_meta_train_but_evaluates(tmp_path):
 
 
 def test_protonet_training_on_blobs_beats_chance(tmp_path, monkeypatch):
-    from hypermeta import build
+    from hypermeta import runs
     from hypermeta.evaluate import evaluate
     from hypermeta.tasks import LabeledArrayTasks
 
@@ -93,31 +95,30 @@ def test_protonet_training_on_blobs_beats_chance(tmp_path, monkeypatch):
     x = np.repeat(centers, 10, axis=0) + rng.normal(size=(400, 8))
     tasks = LabeledArrayTasks(x, np.repeat(np.arange(40), 10), ways=5, shots=1, queries=4,
                               fractions=(0.5, 0.25, 0.25))
-    monkeypatch.setattr(build, "build_tasks", lambda config: tasks)
+    monkeypatch.setattr(runs, "build_tasks", lambda config: tasks)
     monkeypatch.setattr("hypermeta.train.build_tasks", lambda config: tasks)
     config = RunConfig.from_dict({
         "method": "protonet", "target": {"name": "mlp", "in_dim": 8, "out_dim": 16,
                                          "hidden": [32]},
         "train": {"steps": 60, "meta_batch": 4, "val_every": 30, "val_tasks": 50}})
-    fit(config, tmp_path / "p", progress=False)
-    learner, _, _, _ = build.load_learner(tmp_path / "p")
+    fit(config, tmp_path / "p")
+    learner = runs.load(tmp_path / "p")
     accuracy = evaluate(learner.predict, tasks.fixed_tasks("test", 100), "classification")
     assert accuracy["mean"] > 0.5  # chance is 0.2
 
 
 def test_pretraining_gives_a_better_start(tmp_path):
-    plain = fit(sinusoid_config(steps=5, val_every=5), tmp_path / "plain", progress=False)
-    pre = fit(sinusoid_config(steps=5, val_every=5, pretrain_steps=200), tmp_path / "pre",
-              progress=False)
+    plain = fit(sinusoid_config(steps=5, val_every=5), tmp_path / "plain")
+    pre = fit(sinusoid_config(steps=5, val_every=5, pretrain_steps=200), tmp_path / "pre")
     assert pre.best_val < plain.best_val
     with pytest.raises(ConfigError, match="pre-training applies to hypernet and MAML"):
-        fit(sinusoid_config("scratch", pretrain_steps=5), tmp_path / "s", progress=False)
+        fit(sinusoid_config("scratch", pretrain_steps=5), tmp_path / "s")
 
 
 def test_early_stopping_keeps_the_best_checkpoint(tmp_path):
     # a vanishing learning rate: nothing improves by min_delta after the first validation
     config = sinusoid_config(steps=200, val_every=10, patience=2, lr=1e-12, min_delta=1e-3)
-    result = fit(config, tmp_path / "run", progress=False)
+    result = fit(config, tmp_path / "run")
     assert result.stopped_early and result.complete and result.steps_done == 30
     assert result.best_step == 10
     _, _, meta = load_checkpoint(tmp_path / "run" / "best.safetensors")
@@ -125,7 +126,7 @@ def test_early_stopping_keeps_the_best_checkpoint(tmp_path):
 
 
 def test_truncated_or_corrupted_checkpoint_gives_a_clear_error(tmp_path):
-    fit(sinusoid_config(steps=2), tmp_path / "run", progress=False)
+    fit(sinusoid_config(steps=2), tmp_path / "run")
     path = tmp_path / "run" / "last.safetensors"
     data = path.read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
@@ -143,7 +144,7 @@ def test_truncated_or_corrupted_checkpoint_gives_a_clear_error(tmp_path):
 
 def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
     config = sinusoid_config(steps=20)
-    fit(config, tmp_path / "run", progress=False, max_steps=10)
+    fit(config, tmp_path / "run", max_steps=10)
     path = tmp_path / "run" / "last.safetensors"
     before = path.read_bytes()
 
@@ -152,25 +153,25 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint_intact(tmp_path, mo
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
-        fit(config, tmp_path / "run", progress=False)
+        fit(config, tmp_path / "run")
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
-    assert fit(config, tmp_path / "run", progress=False).steps_done == 20
+    assert fit(config, tmp_path / "run").steps_done == 20
 
 
 def test_hypermodel_load_rebuilds_builtin_and_custom_targets(tmp_path):
     config = sinusoid_config(steps=2)
-    fit(config, tmp_path / "run", progress=False)
-    model = HyperModel.load(tmp_path / "run")
+    fit(config, tmp_path / "run")
+    model = load(tmp_path / "run")
     assert isinstance(model, HyperModel)
-    custom = config.model_copy(update={"target": {"name": "custom"}})
+    custom = RunConfig.from_dict({**config.model_dump(), "target": {"name": "custom"}})
     net = nn.Sequential(nn.Linear(1, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
                         nn.Linear(16, 1))
-    fit(custom, tmp_path / "custom", progress=False, target=net)
+    fit(custom, tmp_path / "custom", target=net)
     with pytest.raises(ConfigError, match="pass it as target="):
-        HyperModel.load(tmp_path / "custom")
-    loaded = HyperModel.load(tmp_path / "custom", target=net)
+        load(tmp_path / "custom")
+    loaded = load(tmp_path / "custom", target=net)
     weights, _, _ = load_checkpoint(tmp_path / "custom" / "best.safetensors")
     assert all(torch.equal(weights[k], v) for k, v in loaded.state_dict().items())
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from hypermeta.episodes import Episode
-from hypermeta.evaluate import TaskKind, per_task_loss
+from hypermeta.kinds import TaskKind
 from hypermeta.spec import Params
 from hypermeta.target import FunctionalTarget
 
@@ -25,7 +25,7 @@ def adapt(target: FunctionalTarget, params: Params, episode: Episode, kind: Task
             ``create_graph`` is True (second-order MAML), else the result is detached from
             the inputs' graph except through the identity path (first-order / fine-tuning).
         episode: supplies ``support_x``/``support_y``.
-        kind: regression (MSE) or classification (cross-entropy).
+        kind: the task kind whose ``per_task_loss`` is minimised.
         steps, lr: number and size of the steps; deterministic (no sampling).
     """
     if steps == 0:
@@ -35,8 +35,8 @@ def adapt(target: FunctionalTarget, params: Params, episode: Episode, kind: Task
         current = {n: p if p.requires_grad else p.detach().requires_grad_(True)
                    for n, p in params.items()}
         for _ in range(steps):
-            loss = per_task_loss(target(current, episode.support_x), episode.support_y,
-                                 kind).sum()
+            loss = kind.per_task_loss(target(current, episode.support_x),
+                                      episode.support_y).sum()
             grads = torch.autograd.grad(loss, list(current.values()), create_graph=create_graph)
             current = {n: p - lr * g for (n, p), g in zip(current.items(), grads)}
     return current

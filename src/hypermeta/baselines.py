@@ -8,35 +8,39 @@ adapt to each support set, then predict the queries).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from hypermeta.adapt import adapt
+from hypermeta.config import ConfigError
 from hypermeta.episodes import Episode, episode_ways
-from hypermeta.evaluate import TaskKind, per_task_loss
-from hypermeta.hypernets import class_means
+from hypermeta.heads import class_means
+from hypermeta.kinds import TaskKind, get_kind
+from hypermeta.model import Learner
 from hypermeta.spec import Params
 from hypermeta.target import FunctionalTarget
 
 
-class MAML(nn.Module):
+class MAML(Learner):
     """Model-agnostic meta-learning (Finn et al. 2017) over a target whose params are all
     task-specific (``FunctionalTarget(net, generate="all")``).
 
     Arguments:
         target: the network; its initial values become the meta-learned initialisation.
-        kind: regression or classification.
+        kind: the task kind (its loss drives the inner steps).
         inner_lr: inner SGD step size (alpha).
         inner_steps: inner steps during meta-training.
         test_inner_steps: inner steps at evaluation (``predict``).
         first_order: drop second-order terms (FOMAML).
     """
 
-    def __init__(self, target: FunctionalTarget, kind: TaskKind, *, inner_lr: float = 0.01,
-                 inner_steps: int = 1, test_inner_steps: int = 10,
+    def __init__(self, target: FunctionalTarget, kind: TaskKind | str, *,
+                 inner_lr: float = 0.01, inner_steps: int = 1, test_inner_steps: int = 10,
                  first_order: bool = False) -> None:
         super().__init__()
-        self.target, self.kind = target, kind
+        self.target, self.kind = target, get_kind(kind)
         self.inner_lr, self.inner_steps = inner_lr, inner_steps
         self.test_inner_steps, self.first_order = test_inner_steps, first_order
         spec = target.spec
@@ -63,7 +67,7 @@ class MAML(nn.Module):
         return out
 
 
-class ProtoNet(nn.Module):
+class ProtoNet(Learner):
     """Prototypical networks (Snell et al. 2017): class means of embedded support examples;
     logits are negative squared Euclidean distances to each prototype.
 
@@ -77,6 +81,7 @@ class ProtoNet(nn.Module):
     def __init__(self, embedding: nn.Module) -> None:
         super().__init__()
         self.embedding = embedding
+        self.kind = get_kind("classification")
 
     def forward(self, episode: Episode) -> Tensor:
         x_s, x_q = episode.support_x, episode.query_x
@@ -95,15 +100,15 @@ class ProtoNet(nn.Module):
         return out
 
 
-class Scratch(nn.Module):
+class Scratch(Learner):
     """No meta-learning: each task trains the target from one fixed initialisation on its
     support set with Adam (``steps`` steps, ``lr``), all tasks batched. Nothing is meta-trained.
     """
 
-    def __init__(self, target: FunctionalTarget, kind: TaskKind, *, steps: int = 100,
+    def __init__(self, target: FunctionalTarget, kind: TaskKind | str, *, steps: int = 100,
                  lr: float = 0.01) -> None:
         super().__init__()
-        self.target, self.kind, self.steps, self.lr = target, kind, steps, lr
+        self.target, self.kind, self.steps, self.lr = target, get_kind(kind), steps, lr
         self.register_buffer("start", target.spec.flatten(target.initial_params()).detach())
 
     def forward(self, episode: Episode) -> Tensor:
@@ -116,11 +121,46 @@ class Scratch(nn.Module):
         with torch.enable_grad():
             for _ in range(self.steps):
                 params = self.target.spec.unflatten(flat)
-                loss = per_task_loss(self.target(params, episode.support_x),
-                                     episode.support_y, self.kind).sum()
+                loss = self.kind.per_task_loss(self.target(params, episode.support_x),
+                                               episode.support_y).sum()
                 optimizer.zero_grad(set_to_none=True)
                 torch.autograd.backward(loss)
                 optimizer.step()
         with torch.no_grad():
             out: Tensor = self.target(self.target.spec.unflatten(flat), episode.query_x)
         return out
+
+
+# --------------------------------------------------------------- builders (config -> learner)
+# Registered lazily in hypermeta.registry.METHODS, so only processes that build a baseline
+# import this module.
+def _needs_classes(method: str, tasks: Any) -> None:
+    if not tasks.kind.uses_classes:
+        raise ConfigError(f"method: {method} needs class labels; {tasks.name!r} is "
+                          f"{tasks.kind.name}")
+
+
+def build_protonet(config: Any, tasks: Any, net: nn.Module) -> ProtoNet:
+    """ProtoNets over the target's feature extractor (``net.features`` when it has one)."""
+    _needs_classes("protonet", tasks)
+    body = getattr(net, "features", net)  # conv4: the feature extractor, no head
+    return ProtoNet(nn.Sequential(body, nn.Flatten()))
+
+
+def build_maml(config: Any, tasks: Any, net: nn.Module, *, first_order: bool = False) -> MAML:
+    """MAML over every parameter of the target (``config.maml`` holds its step sizes)."""
+    functional = FunctionalTarget(net, batchnorm=config.batchnorm)
+    return MAML(functional, tasks.kind, inner_lr=config.maml.inner_lr,
+                inner_steps=config.maml.inner_steps,
+                test_inner_steps=config.maml.test_inner_steps, first_order=first_order)
+
+
+def build_fomaml(config: Any, tasks: Any, net: nn.Module) -> MAML:
+    """First-order MAML."""
+    return build_maml(config, tasks, net, first_order=True)
+
+
+def build_scratch(config: Any, tasks: Any, net: nn.Module) -> Scratch:
+    """Training each task's network from scratch on its support set (``config.scratch``)."""
+    return Scratch(FunctionalTarget(net, batchnorm=config.batchnorm), tasks.kind,
+                   steps=config.scratch.steps, lr=config.scratch.lr)

@@ -39,7 +39,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-FORMAT = "hypermeta-checkpoint/1"
+FORMAT = "hypermeta-checkpoint/2"
+READABLE = ("hypermeta-checkpoint/1", FORMAT)  # /1 (hypermeta 0.1.0) had no state digest
 
 
 class CheckpointError(ValueError):
@@ -59,6 +60,12 @@ def content_id(config_json: str, weights: dict[str, Tensor]) -> str:
     return digest.hexdigest()
 
 
+def state_digest(extra: dict[str, Tensor], state_json: str) -> str:
+    """sha256 over everything a resume reads besides the weights: the extra tensors
+    (optimizer moments, RNG states) and the training state JSON (step, best value, scheduler)."""
+    return content_id(state_json, extra)
+
+
 def save_checkpoint(path: str | Path, *, config_json: str, model: dict[str, Tensor],
                     extra_tensors: dict[str, Tensor] | None = None,
                     state: dict[str, Any] | None = None) -> str:
@@ -70,8 +77,10 @@ def save_checkpoint(path: str | Path, *, config_json: str, model: dict[str, Tens
     tensors = {f"model/{k}": v for k, v in weights.items()}
     for k, v in (extra_tensors or {}).items():
         tensors[f"extra/{k}"] = v.detach().cpu().contiguous()
+    extra = {k: v.detach().cpu().contiguous() for k, v in (extra_tensors or {}).items()}
+    state_json = json.dumps(state or {})
     metadata = {"format": FORMAT, "config": config_json, "content_id": cid,
-                "state": json.dumps(state or {})}
+                "state": state_json, "state_digest": state_digest(extra, state_json)}
     atomic_write_bytes(path, safetensors.torch.save(tensors, metadata=metadata))
     return cid
 
@@ -91,15 +100,27 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Tens
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
     except Exception as err:  # safetensors raises its own error types for bad headers
         raise CheckpointError(f"checkpoint {path} is truncated or corrupted ({err})") from None
-    if metadata.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a {FORMAT} file (format "
-                              f"{metadata.get('format')!r})")
+    if metadata.get("format") not in READABLE:
+        raise CheckpointError(f"{path} is not a hypermeta checkpoint this version reads (format "
+                              f"{metadata.get('format')!r}; readable: {list(READABLE)})")
+    missing = [k for k in ("config", "content_id", "state") if k not in metadata]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is corrupted: its metadata lacks {missing}")
     model = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
     extra = {k.removeprefix("extra/"): v for k, v in tensors.items() if k.startswith("extra/")}
     if content_id(metadata["config"], model) != metadata.get("content_id"):
         raise CheckpointError(f"checkpoint {path} is corrupted: its weights do not match "
                               "its content id")
-    meta: dict[str, Any] = {"config": json.loads(metadata["config"]),
-                            "state": json.loads(metadata["state"]),
-                            "content_id": metadata["content_id"]}
+    if metadata["format"] == FORMAT and state_digest(
+            extra, metadata.get("state", "")) != metadata.get("state_digest"):
+        raise CheckpointError(f"checkpoint {path} is corrupted: its optimizer, RNG or training "
+                              "state does not match its state digest (resuming would diverge)")
+    try:
+        meta: dict[str, Any] = {"config": json.loads(metadata["config"]),
+                                "state": json.loads(metadata["state"]),
+                                "content_id": metadata["content_id"],
+                                "format": metadata["format"]}
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"checkpoint {path} is corrupted: unreadable metadata ({err})") \
+            from None
     return model, extra, meta

@@ -20,6 +20,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Meta-learning with hypernetworks (see `hypermeta COMMAND --help`).")
 _state = {"debug": False}
 Which = Annotated[str, typer.Option(help="Checkpoint: best or last.")]
+AllowDataChange = Annotated[bool, typer.Option(
+    help="Use the run even if its task data (files, class lists) changed since training.")]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -47,7 +49,8 @@ def _friendly(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as err:
+        except (ValueError, TypeError, KeyError, OSError, ImportError, RuntimeError,
+                MemoryError) as err:
             if _state["debug"]:
                 raise
             lines = [line.strip() for line in str(err).strip("'\"").splitlines() if line.strip()]
@@ -72,11 +75,13 @@ def train(
 ) -> None:
     """Meta-train a hypernetwork or a baseline; resumes an interrupted run in the same folder."""
     from hypermeta.config import RunConfig
+    from hypermeta.progress import ProgressBar
     from hypermeta.train import fit
 
     run_config = RunConfig.from_file(config, set_ or [])
     run_dir = out or Path("runs") / config.stem
-    result = fit(run_config, run_dir, max_steps=max_steps, progress=progress)
+    result = fit(run_config, run_dir, max_steps=max_steps,
+                 callbacks=[ProgressBar()] if progress else [])
     typer.echo(json.dumps({"run_dir": str(run_dir), "steps_done": result.steps_done,
                            "complete": result.complete, "best_val": result.best_val,
                            "best_step": result.best_step, "content_id": result.content_id}))
@@ -92,51 +97,45 @@ def eval_(
                                                        "networks (hypernet runs).")] = None,
     which: Which = "best",
     split: Annotated[str, typer.Option(help="test or val.")] = "test",
+    allow_data_change: AllowDataChange = False,
 ) -> None:
     """Evaluate on the fixed test tasks: mean ± 95% CI, written to RUN_DIR/eval-*.json."""
-    from hypermeta.build import load_learner
     from hypermeta.checkpoint import atomic_write_json
     from hypermeta.evaluate import evaluate, predictor
     from hypermeta.model import HyperModel
+    from hypermeta.runs import load_run
 
     if split not in ("test", "val"):
         raise ValueError(f"--split must be 'test' or 'val', got {split!r}")
-    learner, config, source, cid = load_learner(run_dir, which=which)
+    if tasks is not None and tasks < 1:
+        raise ValueError(f"--tasks must be >= 1, got {tasks}")
+    if finetune_steps is not None and finetune_steps < 0:
+        raise ValueError(f"--finetune-steps must be >= 0, got {finetune_steps}")
+    run = load_run(run_dir, which=which, allow_data_change=allow_data_change)
+    learner, config, source, cid = run.learner, run.config, run.tasks, run.content_id
     episodes = source.fixed_tasks(split, tasks or config.eval.tasks)  # type: ignore[arg-type]
     if finetune_steps is not None and not isinstance(learner, HyperModel):
         raise ValueError("--finetune-steps applies to hypernet runs only")
-    metric = "accuracy" if source.task_kind == "classification" else "mse"
+    metric = source.kind.metric
     steps = learner.finetune_steps if isinstance(learner, HyperModel) else 0
     steps = steps if finetune_steps is None else finetune_steps
     # a hypernet with fine-tuning is reported before and after it
     variants = {"generated": 0, "finetuned": steps} if steps else {"": None}
     payload: dict[str, Any] = {"run_dir": str(run_dir), "checkpoint": which, "content_id": cid,
-                               "split": split, "metric": metric, "finetune_steps": steps}
+                               "split": split, "metric": metric, "finetune_steps": steps,
+                               "provenance": run.provenance}
     for name, variant_steps in variants.items():
         predict = predictor(learner)
         if variant_steps is not None:
             assert isinstance(learner, HyperModel)
             predict = functools.partial(learner.predict, finetune_steps=variant_steps)
-        result = evaluate(predict, episodes, source.task_kind, batch=config.eval.batch)
+        result = evaluate(predict, episodes, source.kind, batch=config.eval.batch)
         payload[name or "result"] = result
         label = f"{name} " if name else ""
         typer.echo(f"{label}{metric} {result['mean']:.4f} ± {result['ci95']:.4f} (95% CI, "
                    f"{result['tasks']} {split} tasks)")
     suffix = "" if finetune_steps is None else f"-ft{finetune_steps}"
     atomic_write_json(Path(run_dir) / f"eval-{split}-{which}{suffix}.json", payload)
-
-
-def _descriptor(text: str, kind: str) -> torch.Tensor | list[str]:
-    if kind in ("hashed", "text"):
-        return [text]
-    try:
-        if kind == "task_id":
-            return torch.tensor([int(text)])
-        return torch.tensor([[float(v) for v in text.split(",")]])
-    except ValueError:
-        expected = "an integer task id" if kind == "task_id" else "comma-separated numbers"
-        raise ValueError(f"--descriptor {text!r} must be {expected} for a {kind} encoder") \
-            from None
 
 
 SupportOption = Annotated[Path | None, typer.Option(
@@ -149,14 +148,12 @@ def _task_network(run_dir: Path, support: Path | None, descriptor: str | None,
                   which: str) -> tuple[Any, Any, Any, str, torch.Tensor]:
     """One task's generated network from a run: (network, model, config, content id, example
     input batch for export)."""
-    from hypermeta.build import load_learner
-    from hypermeta.model import HyperModel
+    from hypermeta.runs import load_hypermodel
 
     if (support is None) == (descriptor is None):
         raise ValueError("pass exactly one of --support FILE or --descriptor VALUE")
-    model, config, source, cid = load_learner(run_dir, which=which)
-    if not isinstance(model, HyperModel):
-        raise ValueError(f"{run_dir} holds a {config.method} run; this needs a hypernet run")
+    run = load_hypermodel(run_dir, which=which)
+    model, config, source, cid = run.hypermodel, run.config, run.tasks, run.content_id
     if support is not None:
         if not support.is_file():
             raise FileNotFoundError(f"--support file {support} does not exist")
@@ -167,7 +164,11 @@ def _task_network(run_dir: Path, support: Path | None, descriptor: str | None,
                                              torch.as_tensor(data["y"]))
     else:
         assert descriptor is not None
-        episode = source.descriptor_episode(_descriptor(descriptor, config.encoder.kind))
+        parse = getattr(model.encoder, "parse_descriptor", None)
+        if parse is None:
+            raise ValueError(f"this model's encoder ({type(model.encoder).__name__}) takes no "
+                             "descriptor")
+        episode = source.descriptor_episode(parse(descriptor))
     network = model.generate(episode)[0]
     example = source.fixed_tasks("val", 1).query_x[0]  # (Q, ...) one batch of real inputs
     return network, model, config, cid, example
@@ -187,9 +188,10 @@ def generate(
 
     network, _, config, cid, example = _task_network(run_dir, support, descriptor, which)
     export_network(network, out, "safetensors", example=example,
-                   architecture=getattr(network, "config", config.target), content_id=cid)
+                   architecture=getattr(network, "config", config.target.model_dump()),
+                   content_id=cid)
     count = sum(p.numel() for p in network.parameters())
-    typer.echo(f"wrote {out} ({count} parameters; architecture {config.target.get('name')})")
+    typer.echo(f"wrote {out} ({count} parameters; architecture {config.target.name})")
 
 
 @app.command("export")
@@ -206,24 +208,23 @@ def export(
 ) -> None:
     """Export one task's generated network (or, with --hypernet, the generator) to a model
     that loads without hypermeta."""
-    from hypermeta.build import load_learner
     from hypermeta.export import FORMATS, export_generator, export_network, generator_example
-    from hypermeta.model import HyperModel
+    from hypermeta.runs import load_hypermodel
 
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {list(FORMATS)}, got {fmt!r}")
     if hypernet:
         if fmt != "onnx":
             raise ValueError("--hypernet exports to ONNX only (--format onnx)")
-        model, config, source, _ = load_learner(run_dir, which=which)
-        if not isinstance(model, HyperModel):
-            raise ValueError(f"{run_dir} holds a {config.method} run; this needs a hypernet run")
+        run = load_hypermodel(run_dir, which=which)
+        model, source = run.hypermodel, run.tasks
         export_generator(model, out, generator_example(model, source))
         typer.echo(f"wrote {out} (generator: {model.target.spec.numel()} parameters per task)")
         return
     network, _, config, cid, example = _task_network(run_dir, support, descriptor, which)
     export_network(network, out, fmt, example=example,
-                   architecture=getattr(network, "config", config.target), content_id=cid)
+                   architecture=getattr(network, "config", config.target.model_dump()),
+                   content_id=cid)
     typer.echo(f"wrote {out} ({fmt})")
 
 
@@ -243,10 +244,13 @@ def serve(
                                               "/healthz (or set HYPERMETA_TOKEN).")] = None,
     allow_remote_without_token: Annotated[bool, typer.Option(
         help="Bind a non-loopback interface without a token (not recommended).")] = False,
+    allow_data_change: AllowDataChange = False,
 ) -> None:
     """Serve task registration and prediction over HTTP (FastAPI + uvicorn)."""
     import ipaddress
 
+    if token is not None and not token.strip():
+        raise ValueError("--token (or HYPERMETA_TOKEN) is empty or blank; pass a real token")
     loopback = host == "localhost"
     with contextlib.suppress(ValueError):  # a host name rather than an address
         loopback = loopback or ipaddress.ip_address(host).is_loopback
@@ -260,8 +264,12 @@ def serve(
             from None
     from hypermeta.serve import create_app
 
+    if min(cache_size, max_body_bytes, max_rows) < 1 or not 0 < port < 65536:
+        raise ValueError("--cache-size, --max-body-bytes and --max-rows must be >= 1 and --port "
+                         "in 1..65535")
     api = create_app(run_dir, state_dir=state_dir, cache_size=cache_size,
-                     max_body_bytes=max_body_bytes, max_rows=max_rows, token=token)
+                     max_body_bytes=max_body_bytes, max_rows=max_rows, token=token,
+                     allow_data_change=allow_data_change)
     uvicorn.run(api, host=host, port=port, log_level="warning")
 
 
@@ -272,36 +280,52 @@ app.add_typer(data_app, name="data")
 @data_app.command("prepare")
 @_friendly
 def data_prepare(
-    dataset: Annotated[str, typer.Argument(help="Dataset name: omniglot.")],
-    source: Annotated[Path, typer.Argument(help="Folder with the original release "
-                                           "(images_background/ and images_evaluation/, "
-                                           "extracted or as zips).")],
-    out: Annotated[Path, typer.Argument(help="Output .npz path.")],
-    size: Annotated[int, typer.Option(help="28 (omniglot.npz) or 105 (omniglot105.npz).")] = 28,
+    dataset: Annotated[str, typer.Argument(help="Registered data source (see `hypermeta "
+                                           "names`), e.g. omniglot.")],
+    source: Annotated[Path, typer.Argument(help="Folder with the original release.")],
+    out: Annotated[Path, typer.Argument(help="Output path.")],
+    option: Annotated[list[str] | None, typer.Option(
+        "--option", help="Source option KEY=VALUE (repeatable), e.g. size=105.")] = None,
 ) -> None:
-    """Build a dataset's npz from its original files (the same arrays as the shipped ones)."""
-    from hypermeta.tasks.omniglot import prepare_omniglot
+    """Build a dataset from its original files (omniglot: the same npz as the shipped one)."""
+    from hypermeta.config import apply_overrides, signature_model
+    from hypermeta.registry import DATA_SOURCES
 
-    if dataset != "omniglot":
-        raise ValueError(f"unknown dataset {dataset!r}; supported: omniglot")
-    if size not in (28, 105):
-        raise ValueError(f"--size must be 28 or 105, got {size}")
-    path = prepare_omniglot(source, out, size=size)  # type: ignore[arg-type]
+    prepare = DATA_SOURCES.get(dataset)
+    options = apply_overrides({}, option or [])
+    try:
+        checked = signature_model(prepare).model_validate(
+            {"source": str(source), "out": str(out), **options})
+    except Exception as err:
+        raise ValueError(f"data prepare {dataset}: {err}") from None
+    path = prepare(**checked.model_dump())
     typer.echo(f"wrote {path}")
 
 
 @app.command()
 def networks() -> None:
-    """List the built-in target networks and an example config of each."""
-    examples: dict[str, dict[str, object]] = {
-        "mlp": {"in_dim": 1, "out_dim": 1}, "conv4": {},
-        "gru": {"in_dim": 1, "hidden": 32, "out_dim": 1},
-        "lstm": {"in_dim": 1, "hidden": 32, "out_dim": 1},
-        "transformer": {"in_dim": 1, "out_dim": 1},
-    }
-    for name, cls in sorted(hypermeta.NETWORKS.items()):
-        net = hypermeta.build_network({"name": name, **examples[name]})
-        typer.echo(f"{name:12s} {cls.__name__}: {json.dumps(net.config)}")
+    """List the registered target networks and the config fields each takes."""
+    from hypermeta.config import signature_model
+    from hypermeta.registry import TARGETS
+
+    for name in TARGETS.names():
+        fields = signature_model(TARGETS.get(name)).model_fields
+        described = ", ".join(f"{k}" + ("" if f.is_required() else f"={f.default!r}")
+                              for k, f in fields.items())
+        typer.echo(f"{name:12s} {described}")
+
+
+@app.command()
+def names() -> None:
+    """List every registry (targets, hypernets, encoders, task families, kinds, methods, data
+    sources, input decoders) and its registered names."""
+    import hypermeta.config  # noqa: F401  (registers the built-ins)
+    from hypermeta import registry
+
+    for attr in ("TARGETS", "HYPERNETS", "ENCODERS", "TASK_FAMILIES", "TASK_KINDS", "METHODS",
+                 "DATA_SOURCES", "INPUT_DECODERS"):
+        table = getattr(registry, attr)
+        typer.echo(f"{table.what + 's':16s} {', '.join(table.names())}")
 
 
 def main() -> None:

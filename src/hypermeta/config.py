@@ -6,14 +6,43 @@ the allowed values.
 
 from __future__ import annotations
 
+import inspect
 import json
+import typing
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+import pydantic_core
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-Method = Literal["hypernet", "maml", "fomaml", "protonet", "scratch"]
+import hypermeta.encoders  # noqa: F401  (registers the built-in encoders)
+import hypermeta.hypernets  # noqa: F401  (registers the built-in hypernetworks)
+import hypermeta.networks  # noqa: F401  (registers the built-in targets)
+import hypermeta.tasks  # noqa: F401  (registers the built-in task families)
+from hypermeta.registry import (
+    ENCODERS,
+    HYPERNETS,
+    METHODS,
+    TARGETS,
+    TASK_FAMILIES,
+    Registry,
+    UnknownNameError,
+)
+
+CONFIG_VERSION = 2  # 1: hypermeta 0.1.0 (flat encoder/hypernet sections)
 
 
 class ConfigError(ValueError):
@@ -24,33 +53,115 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TasksConfig(_Strict):
-    """Which task family, and its episode shape. Extra keys go to the family's constructor."""
+@cache
+def signature_model(builder: Callable[..., Any]) -> type[BaseModel]:
+    """A strict pydantic model of a builder's keyword arguments, from its signature and type
+    hints (positional-only parameters, such as a ``BuildContext``, are not config).
+
+    This is how every registered builder's config section is typed: a field the builder does
+    not take is an error, a required one must be given, and values are checked against the
+    annotations.
+    """
+    target = builder.__init__ if inspect.isclass(builder) else builder
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # unresolvable annotations: check names, not types
+        hints = {}
+    fields: dict[str, Any] = {}
+    extra: Literal["allow", "forbid"] = "forbid"
+    for param in inspect.signature(builder).parameters.values():
+        if param.kind is param.VAR_KEYWORD:
+            extra = "allow"
+        elif param.kind in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD):
+            default = ... if param.default is param.empty else param.default
+            fields[param.name] = (hints.get(param.name, Any), default)
+    config = ConfigDict(extra=extra, arbitrary_types_allowed=True, strict=False)
+    name = getattr(builder, "__name__", "Builder") + "Config"
+    model: type[BaseModel] = create_model(name, __config__=config, **fields)
+    return model
+
+
+class _Section(BaseModel):
+    """A config section that names a registered builder (``key``) and holds its keywords,
+    checked against the builder's signature (``signature_model``)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
+    registry: ClassVar[Registry[Callable[..., Any]]]
+    key: ClassVar[str]
+    passthrough: ClassVar[tuple[str, ...]] = ()  # names whose keywords are not checked here
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _typed(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        if isinstance(data, BaseModel):
+            data = data.model_dump()
+        if not isinstance(data, dict):
+            return handler(data)
+        name = data.get(cls.key, cls.model_fields[cls.key].default)
+        if not isinstance(name, str):
+            raise _error(cls.key, f"must be a registered name, one of {cls.registry.names()}",
+                         name)
+        rest = {k: v for k, v in data.items() if k != cls.key}
+        if name in cls.passthrough:
+            return handler(data)
+        try:
+            builder = cls.registry.get(name)
+        except UnknownNameError as err:
+            raise _error(cls.key, str(err), name) from None
+        try:
+            checked = signature_model(builder).model_validate(rest)
+        except ValidationError as err:
+            raise pydantic_core.ValidationError.from_exception_data(cls.__name__, [
+                InitErrorDetails(type=e["type"], loc=e["loc"], input=e["input"],
+                                 ctx=e.get("ctx", {}))
+                for e in err.errors()]) from None
+        return handler({cls.key: name, **checked.model_dump(mode="json")})
+
+    def kwargs(self) -> dict[str, Any]:
+        """The builder's keywords (the section without its name)."""
+        return {k: v for k, v in self.model_dump().items() if k != self.key}
+
+
+def _error(field: str, message: str, value: Any) -> pydantic_core.ValidationError:
+    return pydantic_core.ValidationError.from_exception_data("config", [InitErrorDetails(
+        type=PydanticCustomError("unknown_name", message), loc=(field,), input=value)])
+
+
+class TasksConfig(_Section):
+    """Which task family (``name``, registered in ``TASK_FAMILIES``) and its arguments
+    (``shots``, ``queries``, data options, ...), typed by the family's builder."""
+
+    registry = TASK_FAMILIES
+    key = "name"
     name: str = "sinusoid"
-    shots: int = Field(10, ge=1)
-    queries: int = Field(10, ge=1)
 
 
-class EncoderConfig(_Strict):
-    kind: Literal["set", "task_id", "hashed", "features", "text"] = "set"
-    dim: int = Field(64, ge=1)
-    hidden: int = Field(128, ge=1)
-    pooling: Literal["mean", "attention"] = "mean"
-    num_tasks: int | None = Field(None, ge=1, description="for kind=task_id")
-    in_dim: int | None = Field(None, ge=1, description="descriptor width for kind=features")
-    buckets: int = Field(4096, ge=1, description="for kind=hashed")
-    x_encoder: Literal["none", "conv4"] = Field(
-        "none", description="embed each support input first (conv4: images -> 64-d features)")
+class TargetConfig(_Section):
+    """The target network: a registered ``name`` (``TARGETS``: mlp, conv4, ...) and its
+    constructor's arguments, or ``custom`` when the module is passed in code."""
+
+    registry = TARGETS
+    key = "name"
+    passthrough = ("custom",)
+    name: str = "mlp"
 
 
-class HypernetConfig(_Strict):
-    kind: Literal["mlp", "chunked", "delta"] = "mlp"
-    hidden: list[int] = Field(default_factory=lambda: [128])
-    init: Literal["hyperfan_in", "hyperfan_out"] = "hyperfan_in"
-    chunk_size: int = Field(256, ge=1)
-    chunk_dim: int = Field(16, ge=1)
+class EncoderConfig(_Section):
+    """The task encoder: a registered ``kind`` (``ENCODERS``: set, task_id, hashed, features,
+    text) and its builder's arguments (e.g. ``dim``)."""
+
+    registry = ENCODERS
+    key = "kind"
+    kind: str = "set"
+
+
+class HypernetConfig(_Section):
+    """The generator: a registered ``kind`` (``HYPERNETS``: mlp, chunked, delta) and its
+    builder's arguments."""
+
+    registry = HYPERNETS
+    key = "kind"
+    kind: str = "mlp"
 
 
 class GatesConfig(_Strict):
@@ -105,19 +216,26 @@ class EvalConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    """One run: a method, its task family, target, encoder, generator and schedules."""
+    """One run: a method, its task family, target, encoder, generator and schedules.
 
-    method: Method = "hypernet"
+    The sections ``tasks``, ``target``, ``encoder`` and ``hypernet`` name a registered builder
+    and are typed by its signature, so a field that builder does not take is an error.
+    """
+
+    version: int = Field(CONFIG_VERSION, description="config format version")
+    method: str = "hypernet"
     seed: int = 0
-    tasks: TasksConfig = TasksConfig()
-    target: dict[str, Any] = Field(
-        default_factory=lambda: {"name": "mlp", "in_dim": 1, "out_dim": 1, "hidden": [40, 40]})
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads while training "
+                                "(default: leave torch's setting)")
+    tasks: TasksConfig = Field(default_factory=lambda: TasksConfig.model_validate({}))
+    target: TargetConfig = Field(default_factory=lambda: TargetConfig.model_validate(
+        {"name": "mlp", "in_dim": 1, "out_dim": 1, "hidden": [40, 40]}))
     generate: str | list[str] = "all"
     adapter: Literal["full", "lowrank", "film"] = "full"
     rank: int = Field(4, ge=1)
     batchnorm: Literal["batch", "frozen"] = "batch"
-    encoder: EncoderConfig = EncoderConfig()
-    hypernet: HypernetConfig = HypernetConfig()
+    encoder: EncoderConfig = Field(default_factory=lambda: EncoderConfig.model_validate({}))
+    hypernet: HypernetConfig = Field(default_factory=lambda: HypernetConfig.model_validate({}))
     gates: GatesConfig = GatesConfig()
     class_head: ClassHeadConfig = ClassHeadConfig()
     train: TrainConfig = TrainConfig()
@@ -126,14 +244,24 @@ class RunConfig(_Strict):
     scratch: ScratchConfig = ScratchConfig()
     eval: EvalConfig = EvalConfig()
 
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; known: {METHODS.names()}")
+        return method
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, version: int) -> int:
+        if version != CONFIG_VERSION:
+            raise ValueError(f"config version {version} is not {CONFIG_VERSION}; configs of "
+                             f"version 1 (hypermeta 0.1.0) load through RunConfig.from_saved")
+        return version
+
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
         problems = []
-        if "name" not in self.target:
-            problems.append("target: needs a 'name' (a built-in network, or 'custom' with "
-                            "target= passed in code)")
-        if self.encoder.kind == "task_id" and self.encoder.num_tasks is None:
-            problems.append("encoder.num_tasks: required when encoder.kind is 'task_id'")
         if self.gates.enabled and self.method != "hypernet":
             problems.append("gates.enabled: structure gates need method 'hypernet'")
         if self.class_head.enabled and self.method != "hypernet":
@@ -141,8 +269,6 @@ class RunConfig(_Strict):
         if self.generate == "none" and not self.class_head.enabled:
             problems.append("generate: 'none' needs class_head.enabled (else nothing is "
                             "generated)")
-        if self.encoder.kind == "features" and self.encoder.in_dim is None:
-            problems.append("encoder.in_dim: required when encoder.kind is 'features'")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -159,19 +285,51 @@ class RunConfig(_Strict):
             raise ConfigError(_format(err)) from None
 
     @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> RunConfig:
+        """A config saved by a run (``config.json`` or a checkpoint), of this version or of
+        version 1 (hypermeta 0.1.0), which is migrated: its flat ``encoder``/``hypernet``
+        sections held every field of every kind, and the fields a kind did not read are
+        dropped (they had no effect)."""
+        if isinstance(data, dict) and "version" not in data:
+            data = _migrate_v1(data)
+        return cls.from_dict(data)
+
+    @classmethod
     def from_file(cls, path: str | Path, overrides: list[str] | None = None) -> RunConfig:
         """Load YAML (or JSON) and apply ``key.sub=value`` overrides (values parsed as YAML)."""
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
             raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        if data is None:
+            raise ConfigError(f"{path} is empty; a run config needs at least a task family and "
+                              "a schedule (see configs/)")
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of config sections, not "
+                              f"{type(data).__name__}")
         return cls.from_dict(apply_overrides(data, overrides or []))
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+
+def _migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(json.dumps(data))
+    for section, registry, default in (("encoder", ENCODERS, "set"),
+                                       ("hypernet", HYPERNETS, "mlp")):
+        value = out.get(section)
+        if not isinstance(value, dict):
+            continue
+        kind = value.get("kind", default)
+        if kind not in registry:
+            continue
+        accepted = set(signature_model(registry.get(kind)).model_fields)
+        out[section] = {"kind": kind, **{k: v for k, v in value.items() if k in accepted}}
+    out["version"] = CONFIG_VERSION
+    return out
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -9,13 +9,17 @@ from __future__ import annotations
 import hashlib
 import importlib
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hypermeta.episodes import Episode
+from hypermeta.episodes import Descriptor, Episode
+from hypermeta.registry import ENCODERS, BuildContext
+
+DescriptorValue = str | int | float | list[float]
+"""One task's descriptor as it arrives from outside: a CLI string or a JSON value."""
 
 
 class _Encoder(nn.Module):
@@ -24,6 +28,13 @@ class _Encoder(nn.Module):
     def problems(self, episode: Episode) -> list[str]:
         """What in ``episode`` this encoder cannot use (empty when fine)."""
         return []
+
+    def parse_descriptor(self, value: DescriptorValue) -> Descriptor:
+        """ONE task's descriptor from a CLI string or a JSON value, in the form ``forward``
+        reads (task dim of 1); a ``ValueError`` says what this encoder expects. The CLI and
+        the server both call this."""
+        raise ValueError(f"{type(self).__name__} reads the task's support set, not a "
+                         "descriptor: send a support set instead")
 
 
 def _mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
@@ -60,11 +71,28 @@ class TaskEmbedding(_Encoder):
                     f"0..{self.num_tasks - 1}"]
         return []
 
+    def parse_descriptor(self, value: DescriptorValue) -> Descriptor:
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"descriptor must be an integer task id for TaskEmbedding; got "
+                             f"{value!r}")
+        if not 0 <= value < self.num_tasks:
+            raise ValueError(f"unknown task id {value}; TaskEmbedding knows ids "
+                             f"0..{self.num_tasks - 1}")
+        return torch.tensor([value])
+
     def forward(self, episode: Episode) -> Tensor:
         ids = episode.descriptor
         assert isinstance(ids, Tensor)
         out: Tensor = self.embedding(ids)  # (T, dim)
         return out
+
+
+def _parse_string(value: DescriptorValue, encoder: str) -> Descriptor:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"descriptor must be a non-empty string for {encoder}; got {value!r}")
+    return [value]
 
 
 def _string_problems(episode: Episode, what: str, encoder: str) -> list[str]:
@@ -101,6 +129,9 @@ class HashedLabelEncoder(_Encoder):
 
     def problems(self, episode: Episode) -> list[str]:
         return _string_problems(episode, "label", "HashedLabelEncoder")
+
+    def parse_descriptor(self, value: DescriptorValue) -> Descriptor:
+        return _parse_string(value, "HashedLabelEncoder")
 
     def forward(self, episode: Episode) -> Tensor:
         labels = episode.descriptor
@@ -148,6 +179,24 @@ class FeatureEncoder(_Encoder):
         if not d.is_floating_point():
             return [f"descriptor must be floating point for FeatureEncoder; got {d.dtype}"]
         return []
+
+    def parse_descriptor(self, value: DescriptorValue) -> Descriptor:
+        items: Any = value.split(",") if isinstance(value, str) else value
+        try:
+            if isinstance(items, bool) or not isinstance(items, list) or any(
+                    isinstance(v, bool) for v in items):
+                raise ValueError
+            vector = torch.tensor([float(v) for v in items], dtype=torch.float32)
+        except (ValueError, TypeError):
+            raise ValueError(f"descriptor must be {self.in_dim} numbers (a JSON list, or "
+                             f"comma-separated on the command line); got {value!r}") from None
+        if vector.numel() != self.in_dim:
+            raise ValueError(f"descriptor has {vector.numel()} numbers; FeatureEncoder expects "
+                             f"{self.in_dim}")
+        if not bool(torch.isfinite(vector).all()):
+            raise ValueError("descriptor contains NaN or Inf (or a number too large for "
+                             "float32)")
+        return vector[None]
 
     def forward(self, episode: Episode) -> Tensor:
         features = episode.descriptor
@@ -203,6 +252,9 @@ class TextEncoder(_Encoder):
 
     def problems(self, episode: Episode) -> list[str]:
         return _string_problems(episode, "text", "TextEncoder")
+
+    def parse_descriptor(self, value: DescriptorValue) -> Descriptor:
+        return _parse_string(value, "TextEncoder")
 
     def forward(self, episode: Episode) -> Tensor:
         texts = episode.descriptor
@@ -272,6 +324,8 @@ class SetEncoder(_Encoder):
         if self.x_encoder is not None:  # (T*S, ...) -> (T, S, x_dim)
             x = self.x_encoder(x.reshape(num_tasks * num_shots, *x.shape[2:]))
         x = x.reshape(num_tasks, num_shots, -1)
+        if not x.is_floating_point():  # integer inputs without an embedding: ids as numbers
+            x = x.float()
         if self.num_classes is not None:
             y = F.one_hot(y.long(), self.num_classes).to(x.dtype)
         y = y.reshape(num_tasks, num_shots, -1).to(x.dtype)
@@ -289,3 +343,75 @@ class SetEncoder(_Encoder):
             pooled = (torch.softmax(scores, dim=1)[..., None] * h).sum(1)
         out: Tensor = self.rho(pooled)  # (T, dim)
         return out
+
+
+# ------------------------------------------------------------------ builders (config -> encoder)
+# Each takes the BuildContext positionally and its config keywords; the signature types the
+# config section ``encoder: {kind: NAME, ...}``.
+@ENCODERS.register("set")
+def build_set_encoder(ctx: BuildContext, /, *, dim: int = 64, hidden: int = 128,
+                      pooling: Literal["mean", "attention"] = "mean",
+                      x_encoder: Literal["none", "conv4", "embedding"] = "none",
+                      embedding_dim: int = 16) -> SetEncoder:
+    """The support set is the descriptor (``SetEncoder``); ``x_encoder: conv4`` embeds image
+    inputs ``[C, H, W]`` with a conv-4 trunk trained with the encoder; ``x_encoder: embedding``
+    embeds integer inputs (ids, tokens: the family's ``vocab_size``) with a learned table of
+    ``embedding_dim`` per id."""
+    from hypermeta.networks import Conv4
+
+    x_module: nn.Module | None = None
+    x_dim = 1
+    for size in ctx.x_shape:
+        x_dim *= size
+    if x_encoder == "conv4":
+        if len(ctx.x_shape) != 3:
+            raise ValueError(f"encoder.x_encoder: conv4 needs image inputs [C, H, W]; the "
+                             f"tasks have {list(ctx.x_shape)}")
+        backbone = Conv4(in_channels=ctx.x_shape[0], image_size=ctx.x_shape[1])
+        x_module = nn.Sequential(backbone.features, nn.Flatten())
+        x_dim = backbone.head.in_features
+    elif x_encoder == "embedding":
+        if ctx.vocab_size is None or ctx.x_dtype in (None, torch.float32, torch.float64):
+            raise ValueError("encoder.x_encoder: embedding needs integer inputs with a "
+                             "vocab_size (the task family declares both)")
+        if embedding_dim < 1:
+            raise ValueError(f"encoder.embedding_dim must be >= 1, got {embedding_dim}")
+        x_module = nn.Sequential(nn.Embedding(ctx.vocab_size, embedding_dim), nn.Flatten())
+        x_dim *= embedding_dim
+    classes = bool(ctx.kind.uses_classes)
+    return SetEncoder(x_dim, ctx.out_dim, dim, hidden=hidden,
+                      num_classes=ctx.out_dim if classes else None, pooling=pooling,
+                      x_encoder=x_module)
+
+
+@ENCODERS.register("task_id")
+def build_task_embedding(ctx: BuildContext, /, *, num_tasks: int, dim: int = 64) -> TaskEmbedding:
+    """A learned vector per integer task id ``0..num_tasks-1``."""
+    if num_tasks < 1 or dim < 1:
+        raise ValueError(f"encoder: num_tasks and dim must be >= 1; got {num_tasks}, {dim}")
+    return TaskEmbedding(num_tasks, dim)
+
+
+@ENCODERS.register("hashed")
+def build_hashed_encoder(ctx: BuildContext, /, *, dim: int = 64,
+                         buckets: int = 4096) -> HashedLabelEncoder:
+    """A stable hash of a label string into ``buckets`` learned rows."""
+    if buckets < 1 or dim < 1:
+        raise ValueError(f"encoder: buckets and dim must be >= 1; got {buckets}, {dim}")
+    return HashedLabelEncoder(dim, buckets=buckets)
+
+
+@ENCODERS.register("features")
+def build_feature_encoder(ctx: BuildContext, /, *, in_dim: int, dim: int = 64,
+                          hidden: int = 128) -> FeatureEncoder:
+    """A given descriptor vector of width ``in_dim``."""
+    if min(in_dim, dim, hidden) < 1:
+        raise ValueError(f"encoder: in_dim, dim and hidden must be >= 1; got {in_dim}, {dim}, "
+                         f"{hidden}")
+    return FeatureEncoder(in_dim, dim, hidden=(hidden,))
+
+
+@ENCODERS.register("text")
+def build_text_encoder(ctx: BuildContext, /, *, dim: int = 64) -> TextEncoder:
+    """A text description, embedded by the offline MiniLM sentence model (``text`` extra)."""
+    return TextEncoder(dim)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 from torch import Tensor
 
 Descriptor = Tensor | list[str] | None
+MAX_WAYS = 100_000  # a larger class label is a mistake, not a task (it would allocate ways x D)
 
 
 @dataclass
@@ -22,6 +24,9 @@ class Episode:
         descriptor: task ids ``[T]`` (long), feature vectors ``[T, F]`` (float), or ``T`` strings
             (labels or text descriptions); ``None`` when the support set is the descriptor.
         support_mask: ``[T, S]`` bool, True where a support example is real, when sizes differ.
+        ways: the number of classes of a classification episode when the sampler knows it
+            (saves reading the labels, a device sync, on every training step); ``None`` reads
+            it from ``support_y`` when needed (``episode_ways``).
 
     Example:
         >>> ep = Episode(torch.randn(4, 5, 1), torch.randn(4, 5, 1), torch.randn(4, 10, 1), None)
@@ -35,6 +40,7 @@ class Episode:
     query_y: Tensor | None = None
     descriptor: Descriptor = None
     support_mask: Tensor | None = None
+    ways: int | None = None
 
     @property
     def num_tasks(self) -> int:
@@ -48,7 +54,7 @@ class Episode:
                                               self.query_y, self.descriptor, self.support_mask)
                if isinstance(v, Tensor)):
             return self
-        moved = {
+        moved: dict[str, Any] = {
             f.name: (v.to(device) if isinstance(v, Tensor) else v)
             for f in fields(self)
             for v in [getattr(self, f.name)]
@@ -121,6 +127,12 @@ class Episode:
             elif mask.numel() and not bool(mask.any(dim=1).all()):
                 empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
                 out.append(f"support set is empty for tasks {empty} (support_mask all False)")
+        if self.ways is not None and (isinstance(self.ways, bool) or not isinstance(self.ways, int)
+                                      or not 1 <= self.ways <= MAX_WAYS):
+            out.append(f"ways must be an int in 1..{MAX_WAYS} or None; got {self.ways!r}")
+        elif (self.ways is not None and not self.support_y.is_floating_point()
+              and self.support_y.numel() and int(self.support_y.max()) >= self.ways):
+            out.append(f"support_y holds labels >= ways = {self.ways}")
         out.extend(_descriptor_problems(self.descriptor, num_tasks))
         return out
 
@@ -133,12 +145,19 @@ class Episode:
 
 
 def episode_ways(episode: Episode) -> int:
-    """Number of classes of a classification episode: the largest support label + 1."""
+    """Number of classes of a classification episode: ``episode.ways`` when the sampler set
+    it, else the largest support label + 1 (one device sync)."""
+    if episode.ways is not None:
+        return episode.ways
     y = episode.support_y
     if y.is_floating_point() or y.numel() == 0:
         raise ValueError(f"episode_ways needs integer class labels in a non-empty support_y; "
                          f"got {list(y.shape)} {y.dtype}")
-    return int(y.max()) + 1
+    ways = int(y.max()) + 1
+    if ways > MAX_WAYS:
+        raise ValueError(f"support_y holds class label {ways - 1}; at most {MAX_WAYS} classes "
+                         f"(labels 0..{MAX_WAYS - 1}) are supported")
+    return ways
 
 
 def _descriptor_problems(descriptor: Descriptor, num_tasks: int) -> list[str]:

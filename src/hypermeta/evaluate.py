@@ -1,44 +1,16 @@
-"""Task losses and metrics, and evaluation as mean ± 95% CI over test tasks."""
+"""Evaluation: a learner's per-task metric over fixed test tasks, as mean ± 95% CI."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from hypermeta.episodes import Episode
-
-TaskKind = Literal["regression", "classification"]
-
-
-def per_task_loss(pred: Tensor, target: Tensor, kind: TaskKind) -> Tensor:
-    """``[T]`` mean loss of each task: MSE (regression) or cross-entropy (classification)."""
-    if kind == "classification":
-        num_tasks, queries = target.shape[:2]
-        ce = F.cross_entropy(pred.reshape(num_tasks * queries, -1), target.reshape(-1).long(),
-                             reduction="none")
-        return ce.reshape(num_tasks, queries).mean(1)
-    return ((pred - target.reshape(pred.shape)) ** 2).reshape(pred.shape[0], -1).mean(1)
-
-
-def task_loss(pred: Tensor, target: Tensor, kind: TaskKind) -> Tensor:
-    """Scalar loss averaged over tasks (the meta-training objective)."""
-    return per_task_loss(pred, target, kind).mean()
-
-
-def per_task_metric(pred: Tensor, target: Tensor, kind: TaskKind) -> Tensor:
-    """``[T]``: MSE for regression, accuracy (fraction) for classification."""
-    if kind == "classification":
-        return (pred.argmax(-1) == target).float().reshape(pred.shape[0], -1).mean(1)
-    return per_task_loss(pred, target, kind)
-
-
-def higher_is_better(kind: TaskKind) -> bool:
-    return kind == "classification"
+from hypermeta.kinds import TaskKind, get_kind
 
 
 def summarize(values: Tensor) -> dict[str, float]:
@@ -57,20 +29,35 @@ def predictor(learner: Any) -> Callable[[Episode], Tensor]:
     return predict  # type: ignore[no-any-return]
 
 
-def evaluate(predict: Callable[[Episode], Tensor], episodes: Episode, kind: TaskKind, *,
-             batch: int = 100) -> dict[str, float]:
-    """Mean ± 95% CI of the per-task metric of ``predict`` over ``episodes`` (in batches).
+def evaluate(predict: Callable[[Episode], Tensor] | Any, episodes: Episode,
+             kind: TaskKind | str, *, batch: int = 100) -> dict[str, float]:
+    """Mean ± 95% CI of the kind's per-task metric of ``predict`` over ``episodes``.
 
     Arguments:
-        predict: adapts to each task's support set and returns query predictions.
+        predict: a learner (its ``predict`` is used) or a function that adapts to each task's
+            support set and returns query predictions.
         episodes: the fixed evaluation tasks (``TaskSource.fixed_tasks``).
-        kind: ``"regression"`` (MSE) or ``"classification"`` (accuracy, in [0, 1]).
+        kind: the task kind (or its name) whose ``per_task_metric`` is averaged, e.g.
+            MSE for regression, accuracy in [0, 1] for classification.
         batch: tasks per call.
+
+    Returns:
+        ``{"mean", "ci95", "std", "tasks"}``.
+
+    Example:
+        >>> tasks = hypermeta.get_tasks("sinusoid", shots=5)
+        >>> evaluate(model, tasks.fixed_tasks("test"), tasks.kind)["mean"]
     """
+    kind = get_kind(kind)
+    if isinstance(predict, torch.nn.Module):
+        predict = predictor(predict)
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
     values = []
     for start in range(0, episodes.num_tasks, batch):
         chunk = episodes.slice(start, start + batch)
-        assert chunk.query_y is not None
+        if chunk.query_y is None:
+            raise ValueError("evaluation episodes need query_y")
         pred = predict(chunk)
-        values.append(per_task_metric(pred.detach().cpu(), chunk.query_y.cpu(), kind))
+        values.append(kind.per_task_metric(pred.detach().cpu(), chunk.query_y.cpu()))
     return summarize(torch.cat(values))

@@ -19,21 +19,46 @@ Two parametrisations of a site's logits (``gate_mode``):
 
 A site may also be *closable* (a whole residual branch, ``GateSite.closable``): its gates may all
 be 0, which removes the branch and leaves the identity path.
+
+``Gates`` is the part (``hypermeta.parts``) a target gets from ``gates=True``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
-from hypermeta.spec import GATE_INITIAL_LOGIT, GATE_KINDS, WIDTH_SLOPE, Params, ParamSpec
+from hypermeta.parts import Part, register_placeholder
+from hypermeta.spec import Init, Params, ParamSpec
 
 BETA, GAMMA, ZETA = 2 / 3, -0.1, 1.1  # the paper's temperature and stretch interval
 GATE_SUFFIX = "gate"  # spec entries are named "<site module>.gate"
-INITIAL_LOGIT = GATE_INITIAL_LOGIT
+GATE_KINDS = ("gate", "gate_width")  # spec kinds: free logits per unit, one open fraction
+GATE_INITIAL_LOGIT = 1.0  # P(gate != 0) = 0.93 at the start; Adam can still close it quickly
+WIDTH_SLOPE = 4.0  # width gates: logit change per unit across the boundary (sharp: little noise)
+
+GateMode = Literal["units", "width"]
+
+
+class GateSite(NamedTuple):
+    """Where structure gates act: the output of ``module`` along ``dim`` (``units`` wide).
+    ``closable``: every gate may be 0 (a residual branch: the identity path remains)."""
+
+    module: str
+    units: int
+    dim: int
+    closable: bool = False
+
+
+def initial_width(units: int) -> float:
+    """Open fraction whose last unit sits at logit ``GATE_INITIAL_LOGIT`` (all units open)."""
+    return 1.0 - (0.5 - GATE_INITIAL_LOGIT / WIDTH_SLOPE) / units
 
 
 def gate_values(logits: Tensor, *, training: bool, keep_one: bool = True) -> Tensor:
@@ -69,7 +94,8 @@ def active_probability(logits: Tensor) -> Tensor:
 
 
 def structure_cost(params: Params, spec: ParamSpec) -> Tensor:
-    """Mean expected fraction of active units over all gate sites and tasks (0 without gates)."""
+    """Mean expected fraction of active units over all gate rows of ``spec`` and all tasks
+    (0 without gates). A gate row's ``fan_in`` is its site's number of units."""
     costs = [active_probability(unit_logits(params[n], k, units)).mean()
              for n, k, units in zip(spec.names, spec.kinds, spec.fan_in) if k in GATE_KINDS]
     if not costs:
@@ -77,36 +103,95 @@ def structure_cost(params: Params, spec: ParamSpec) -> Tensor:
     return torch.stack(costs).mean()
 
 
-def gate_hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
-    """Forward hook: multiply the site's output by its gates along the site's channel dim."""
-    dim: int = module.gate_dim  # type: ignore[assignment]
-    logits = unit_logits(module.gate, module.gate_kind,  # type: ignore[arg-type]
-                         module.gate_units)  # type: ignore[arg-type]  # [units] (one task)
-    values = gate_values(logits, training=bool(module.gate_training),
-                         keep_one=not module.gate_closable)
-    shape = [1] * output.dim()
-    shape[dim] = -1
-    return output * values.reshape(shape)
+class Gates(Part):
+    """Per-task structure gates over a target's gate sites (``gates=True`` of a target).
 
+    Arguments:
+        mode: ``"units"``: one free gate logit per unit; ``"width"``: one generated open
+            fraction per site, the open units always a prefix.
+        sparsity: weight ``lambda`` of the expected open fraction in ``extra_loss`` (0: no
+            extra loss; the cost is still reported by ``structure_cost``).
 
-def masks_for(params: Params, spec: ParamSpec, *, closable: frozenset[str] = frozenset(),
-              where: str = "") -> dict[str, Tensor]:
-    """Binary keep-masks per site from ONE task's generated gates; warns when a site that must
-    not close would have lost every unit (its top unit is kept). ``closable`` sites (residual
-    branches) may close entirely."""
-    masks = {}
-    for name, kind, units in zip(spec.names, spec.kinds, spec.fan_in):
-        if kind not in GATE_KINDS:
-            continue
-        site = name[: -len(GATE_SUFFIX) - 1]
-        logits = unit_logits(params[name], kind, units)
-        keep_one = site not in closable
-        if keep_one and not bool((logits > 0).any()):
-            warnings.warn(f"gates of {site!r}{where} would remove every unit; keeping unit "
-                          f"{int(logits.argmax())} so the network is never empty",
-                          RuntimeWarning, stacklevel=3)
-        masks[site] = binary_gates(logits, keep_one=keep_one)
-    return masks
+    The module it is installed on needs ``gate_sites()`` and ``pruned(masks)`` (the built-in
+    ``MLP``, ``ResMLP`` and ``Conv4``); ``merge`` returns the genuinely smaller network.
+    """
+
+    def __init__(self, mode: GateMode = "units", *, sparsity: float = 0.0) -> None:
+        super().__init__()
+        if mode not in ("units", "width"):
+            raise ValueError(f"gate_mode must be 'units' or 'width', got {mode!r}")
+        if not sparsity >= 0:
+            raise ValueError(f"gate_sparsity must be >= 0, got {sparsity!r}")
+        self.mode, self.sparsity = mode, float(sparsity)
+        self.kind = "gate" if mode == "units" else "gate_width"
+        self.sites: dict[str, GateSite] = {}
+        self.rows = ParamSpec((), (), (), (), ())
+        self.handles: list[RemovableHandle] = []
+
+    def install(self, module: nn.Module) -> ParamSpec:
+        sites = getattr(module, "gate_sites", None)
+        if sites is None or not hasattr(module, "pruned"):
+            raise ValueError(f"gates=True needs a target with gate_sites() and pruned(); "
+                             f"{type(module).__name__} has none (built-in mlp and conv4 do)")
+        for site in sites():
+            owner = module.get_submodule(site.module)
+            register_placeholder(owner, GATE_SUFFIX)
+            hook = functools.partial(self._hook, site.module)
+            self.handles.append(owner.register_forward_hook(hook))
+            self.sites[site.module] = site
+        units = tuple(s.units for s in self.sites.values())
+        width = self.kind == "gate_width"
+        self.rows = ParamSpec(
+            tuple(f"{name}.{GATE_SUFFIX}" for name in self.sites),
+            tuple(torch.Size([1 if width else u]) for u in units),
+            (self.kind,) * len(units), units, units,
+            # units: std 1, so each task's gates differ from the start; width: every unit open
+            # and the last one at GATE_INITIAL_LOGIT (the sparsity cost has a gradient at once)
+            tuple(Init(initial_width(u), 0.1) if width else Init(GATE_INITIAL_LOGIT, 1.0)
+                  for u in units))
+        return self.rows
+
+    def _hook(self, site: str, module: nn.Module, inputs: tuple[Tensor, ...],
+              output: Tensor) -> Tensor:
+        # multiply the site's output by its gates along the site's channel dim (one task)
+        where = self.sites[site]
+        logits = unit_logits(module.get_buffer(GATE_SUFFIX), self.kind, where.units)  # [units]
+        values = gate_values(logits, training=self.training, keep_one=not where.closable)
+        shape = [1] * output.dim()
+        shape[where.dim] = -1
+        return output * values.reshape(shape)
+
+    def initial_params(self, rows: ParamSpec) -> Params:
+        """Every gate open, without noise: the constant offsets."""
+        return rows.unflatten(rows.offsets())
+
+    def structure_cost(self, params: Params) -> Tensor:
+        """Expected fraction of open units (mean over sites and tasks)."""
+        return structure_cost(params, self.rows)
+
+    def extra_loss(self, params: Params) -> Tensor | None:
+        """``sparsity * structure_cost``; ``None`` when ``sparsity`` is 0."""
+        return self.sparsity * self.structure_cost(params) if self.sparsity else None
+
+    def masks(self, params: Params) -> dict[str, Tensor]:
+        """Binary keep-masks per site from ONE task's gates; warns when a site that must not
+        close would have lost every unit (its top unit is kept). Closable sites (residual
+        branches) may close entirely."""
+        masks = {}
+        for name, site in self.sites.items():
+            logits = unit_logits(params[f"{name}.{GATE_SUFFIX}"], self.kind, site.units)
+            keep_one = not site.closable
+            if keep_one and not bool((logits > 0).any()):
+                warnings.warn(f"gates of {name!r} would remove every unit; keeping unit "
+                              f"{int(logits.argmax())} so the network is never empty",
+                              RuntimeWarning, stacklevel=4)
+            masks[name] = binary_gates(logits, keep_one=keep_one)
+        return masks
+
+    def merge(self, module: nn.Module, params: Params) -> nn.Module:
+        """Drop the closed units: ``module.pruned(masks)``, a genuinely smaller network."""
+        pruned: nn.Module = module.pruned(self.masks(params))  # type: ignore[operator]
+        return pruned
 
 
 def count_flops(module: nn.Module, example: Tensor) -> int:

@@ -15,6 +15,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+# moved to hypermeta.heads; re-exported so ``from hypermeta.hypernets import ClassHead`` works
+from hypermeta.heads import ClassHead as ClassHead
+from hypermeta.heads import class_means as class_means
+from hypermeta.registry import HYPERNETS, BuildContext
 from hypermeta.spec import Params, ParamSpec
 
 HyperfanMode = Literal["hyperfan_in", "hyperfan_out"]
@@ -207,58 +211,45 @@ class DeltaHyperNet(_HyperNet):
         self.base.copy_(flat)
 
 
-def class_means(features: Tensor, labels: Tensor, ways: int,
-                mask: Tensor | None = None) -> Tensor:
-    """Mean support feature of each class: ``[T, S, D]``, labels ``[T, S]`` -> ``[T, ways, D]``
-    (padded support examples, ``mask`` False, are left out)."""
-    onehot = torch.nn.functional.one_hot(labels.long(), ways).to(features.dtype)  # (T, S, N)
-    if mask is not None:
-        onehot = onehot * mask.to(features.dtype)[..., None]
-    counts = onehot.sum(1).clamp_min(1.0)[..., None]  # (T, N, 1)
-    return onehot.transpose(1, 2) @ features / counts
+# ------------------------------------------------------------ builders (config -> generator)
+# Each takes the BuildContext positionally (``ctx.spec``, ``ctx.z_dim``, ``ctx.target``) and
+# its config keywords; the signature types the config section ``hypernet: {kind: NAME, ...}``.
+def _context(ctx: BuildContext) -> tuple[ParamSpec, int]:
+    if ctx.spec is None or ctx.z_dim is None:
+        raise ValueError("a hypernetwork builder needs ctx.spec and ctx.z_dim")
+    return ctx.spec, int(ctx.z_dim)
 
 
-class ClassHead(nn.Module):
-    """Generates a classifier head one class at a time, so the number of ways is free.
+def _widths(hidden: list[int]) -> list[int]:
+    if any(w < 1 for w in hidden):
+        raise ValueError(f"hypernet.hidden widths must be >= 1, got {hidden}")
+    return hidden
 
-    Class ``c``'s weight row and bias come from the mean feature ``mu_c`` of its support
-    examples (and the mean over all classes, the task context), as in "Few-shot image
-    recognition by predicting parameters from activations" (Qiao et al., CVPR 2018) and the
-    CNAPs classifier (Requeima et al., NeurIPS 2019). It starts as the prototypical-network
-    head ``w_c = 2 mu_c``, ``b_c = -|mu_c|^2`` (softmax-equal to negative squared Euclidean
-    distances, Snell et al. 2017) and learns a correction from a zero-initialised MLP.
 
-    Arguments:
-        feature_dim: width ``D`` of the features the head reads.
-        hidden: width of the correction MLP.
+@HYPERNETS.register("mlp")
+def build_mlp_hypernet(ctx: BuildContext, /, *, hidden: list[int] = [128],  # noqa: B006
+                       init: HyperfanMode = "hyperfan_in") -> MLPHyperNet:
+    """``MLPHyperNet``: one linear head emits every generated tensor."""
+    spec, z_dim = _context(ctx)
+    return MLPHyperNet(spec, z_dim, hidden=_widths(hidden), init=init)
 
-    Example:
-        >>> head = ClassHead(64)
-        >>> weight, bias = head(torch.randn(2, 10, 64), torch.arange(5).repeat(2, 2), ways=5)
-        >>> weight.shape, bias.shape
-        (torch.Size([2, 5, 64]), torch.Size([2, 5]))
-    """
 
-    def __init__(self, feature_dim: int, hidden: int = 256) -> None:
-        super().__init__()
-        if feature_dim < 1 or hidden < 1:
-            raise ValueError(f"feature_dim and hidden must be >= 1; got {feature_dim}, {hidden}")
-        self.feature_dim = feature_dim
-        last = nn.Linear(hidden, feature_dim + 1)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.correction = nn.Sequential(nn.Linear(2 * feature_dim, hidden), nn.ReLU(), last)
+@HYPERNETS.register("chunked")
+def build_chunked_hypernet(ctx: BuildContext, /, *, hidden: list[int] = [128],  # noqa: B006
+                           chunk_size: int = 256, chunk_dim: int = 16,
+                           init: HyperfanMode = "hyperfan_in") -> ChunkedHyperNet:
+    """``ChunkedHyperNet``: a shared generator emits the parameters chunk by chunk."""
+    spec, z_dim = _context(ctx)
+    if chunk_size < 1 or chunk_dim < 1:
+        raise ValueError(f"chunk_size and chunk_dim must be >= 1; got {chunk_size}, {chunk_dim}")
+    return ChunkedHyperNet(spec, z_dim, chunk_size=chunk_size, chunk_dim=chunk_dim,
+                           hidden=_widths(hidden), init=init)
 
-    def forward(self, features: Tensor, labels: Tensor, ways: int,
-                mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Support ``features [T, S, D]`` and integer ``labels [T, S]`` in ``0..ways-1`` ->
-        ``(weight [T, ways, D], bias [T, ways])``."""
-        if features.dim() != 3 or features.shape[-1] != self.feature_dim:
-            raise ValueError(f"features must have shape [T, S, {self.feature_dim}], got "
-                             f"{list(features.shape)}")
-        mu = class_means(features, labels, ways, mask)  # (T, N, D)
-        context = mu.mean(1, keepdim=True).expand_as(mu)
-        delta = self.correction(torch.cat([mu, context], dim=-1))  # (T, N, D + 1)
-        weight = 2 * mu + delta[..., :-1]
-        bias = -(mu * mu).sum(-1) + delta[..., -1]
-        return weight, bias
+
+@HYPERNETS.register("delta")
+def build_delta_hypernet(ctx: BuildContext, /, *,
+                         hidden: list[int] = [128]) -> DeltaHyperNet:  # noqa: B006
+    """``DeltaHyperNet``: a learned base (the target's own initial values) plus a delta."""
+    spec, z_dim = _context(ctx)
+    base = ctx.target.initial_params() if ctx.target is not None else None
+    return DeltaHyperNet(spec, z_dim, hidden=_widths(hidden), base=base)

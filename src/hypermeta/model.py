@@ -1,22 +1,52 @@
-"""``HyperModel``: encoder + hypernetwork + target, the one object users hold."""
+"""``HyperModel``: encoder + hypernetwork + target, the one object users hold; ``Learner``, the
+interface every method (hypernetworks and baselines alike) offers the trainer."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
 from hypermeta.adapt import adapt
 from hypermeta.episodes import Episode, episode_ways
-from hypermeta.evaluate import TaskKind
-from hypermeta.gates import structure_cost
-from hypermeta.hypernets import ClassHead
-from hypermeta.spec import GATE_KINDS, Params
+from hypermeta.heads import ClassHead
+from hypermeta.kinds import TaskKind, get_kind
+from hypermeta.spec import Params
 from hypermeta.target import FunctionalTarget
 
 
-class HyperModel(nn.Module):
+@dataclass(frozen=True)
+class ModelOutput:
+    """What one meta-training forward pass returns.
+
+    Attributes:
+        pred: query predictions ``[T, Q, ...]``.
+        extra_loss: a scalar the generated parts add to the objective (e.g. the structure
+            gates' weighted sparsity cost), or ``None``. Returned, never stored on the model.
+    """
+
+    pred: Tensor
+    extra_loss: Tensor | None = None
+
+
+class Learner(nn.Module):
+    """What the trainer and the evaluator need of a method: ``outputs(episode)`` (the
+    meta-training path) and ``predict(episode)`` (adapt to each support set, then predict the
+    queries). ``HyperModel`` and the baselines implement it; so can a user's own method."""
+
+    kind: TaskKind
+
+    def outputs(self, episode: Episode, *, validate: bool = True) -> ModelOutput:
+        """Query predictions of the meta-training path (and any extra loss term)."""
+        return ModelOutput(self(episode))
+
+    def predict(self, episode: Episode) -> Tensor:
+        """Evaluation: adapt to each task's support set, then predict its queries."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement predict")
+
+
+class HyperModel(Learner):
     """``descriptor or support set --encoder--> z --hypernet--> params --target--> predictions``.
 
     Arguments:
@@ -24,8 +54,8 @@ class HyperModel(nn.Module):
         hypernet: a generator built on ``target.spec`` (``MLPHyperNet``, ``ChunkedHyperNet``,
             ``DeltaHyperNet``) whose ``z_dim`` equals ``encoder.out_dim``.
         target: the ``FunctionalTarget`` that runs the generated parameters.
-        kind: ``"regression"`` (MSE) or ``"classification"`` (cross-entropy), the loss that
-            fine-tuning minimises on the support set.
+        kind: the task kind (a ``TaskKind`` or its registered name, e.g. ``"regression"``,
+            ``"classification"``): the loss that fine-tuning minimises on the support set.
         finetune_steps: SGD steps of each generated network on its support set in ``predict``
             and ``generate`` (0: use the generated weights as they are).
         finetune_lr: their step size.
@@ -45,19 +75,18 @@ class HyperModel(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module | None, hypernet: nn.Module | None,
-                 target: FunctionalTarget, *, kind: TaskKind = "regression",
+                 target: FunctionalTarget, *, kind: TaskKind | str = "regression",
                  finetune_steps: int = 0, finetune_lr: float = 0.01,
                  class_head: ClassHead | None = None) -> None:
         super().__init__()
-        if kind not in ("regression", "classification"):
-            raise ValueError(f"kind must be 'regression' or 'classification', got {kind!r}")
+        self.kind = get_kind(kind)
         if finetune_steps < 0 or finetune_lr <= 0:
             raise ValueError(f"finetune_steps must be >= 0 and finetune_lr > 0; got "
                              f"{finetune_steps}, {finetune_lr}")
-        self.kind, self.finetune_steps, self.finetune_lr = kind, finetune_steps, finetune_lr
+        self.finetune_steps, self.finetune_lr = finetune_steps, finetune_lr
         if not isinstance(target, FunctionalTarget):
             raise TypeError(f"target must be a FunctionalTarget, got {type(target).__name__}")
-        _check_class_head(class_head, target, kind)
+        _check_class_head(class_head, target, self.kind)
         if len(target.spec) == 0:
             if encoder is not None or hypernet is not None:
                 raise ValueError("target.spec is empty (only the class head is generated): "
@@ -72,23 +101,6 @@ class HyperModel(nn.Module):
                                  f"({z_dim})")
         self.encoder, self.hypernet, self.target = encoder, hypernet, target
         self.class_head = class_head
-        # set by forward when the target has gates: expected fraction of open gated units
-        self.last_structure_cost: Tensor = torch.zeros(())
-
-    @classmethod
-    def load(cls, run_dir: str | Path, *, target: nn.Module | None = None,
-             which: str = "best") -> HyperModel:
-        """Rebuild a trained model from a run folder (safetensors + JSON; never unpickles).
-
-        Built-in targets are rebuilt from the saved config; a user's own module is passed as
-        ``target=`` (its architecture must match the one trained).
-        """
-        from hypermeta.build import load_learner  # build imports this module
-
-        learner, config, _, _ = load_learner(run_dir, which=which, target=target)
-        if not isinstance(learner, cls):
-            raise TypeError(f"{run_dir} holds a {config.method} run, not a HyperModel")
-        return learner
 
     def parameter_report(self) -> dict[str, float]:
         """Where the parameters are, and what sharing saves.
@@ -109,9 +121,7 @@ class HyperModel(nn.Module):
 
         generated = self.target.spec.numel()
         shared = count_parameters(self.target)
-        gate_units = sum(s for s, k in zip(self.target.spec.sizes(), self.target.spec.kinds)
-                         if k in GATE_KINDS)
-        full = generated - gate_units + shared if self.target.adapter == "full" else shared
+        full = self.target.network_numel()
         per_class = self.target.feature_dim + 1 if self.class_head is not None else 0
         hyper = count(self.hypernet) + count(self.class_head)
         per_task = self.encoder.out_dim if isinstance(self.encoder, TaskEmbedding) else 0
@@ -125,11 +135,15 @@ class HyperModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def prepare(self, episode: Episode) -> Episode:
+    def prepare(self, episode: Episode, *, validate: bool = True) -> Episode:
         """Validate ``episode`` for this model (one error listing every problem) and move it to
-        the model's device."""
+        the model's device. A class-head model also reads the way count here, once per episode
+        (``validate=False``, for episodes the library's own samplers made, skips the checks,
+        each of which syncs the device)."""
         if not isinstance(episode, Episode):
             raise TypeError(f"episode must be a hypermeta.Episode, got {type(episode).__name__}")
+        if not validate:
+            return self._with_ways(episode.to(self.device))
         problems = episode.problems()
         if not problems:
             problems = list(getattr(self.encoder, "problems", lambda e: [])(episode))
@@ -139,11 +153,19 @@ class HyperModel(nn.Module):
                                 f"the target expects {list(shape)}")
             if self.finetune_steps and episode.support_x.shape[1] == 0:
                 problems.append("support set is empty: fine-tuning needs support examples")
-            if self.class_head is not None:
-                problems.extend(_class_problems(episode))
+            if self.class_head is not None and not problems:
+                class_problems, ways = _class_problems(episode)
+                problems.extend(class_problems)
+                episode = replace(episode, ways=ways)
         if problems:
             raise ValueError("invalid Episode for this HyperModel:\n  - " + "\n  - ".join(problems))
-        return episode.to(self.device)
+        return self._with_ways(episode.to(self.device))
+
+    def _with_ways(self, episode: Episode) -> Episode:
+        # the class head needs the way count: read it once per episode, not per use
+        if self.class_head is None or episode.ways is not None:
+            return episode
+        return replace(episode, ways=episode_ways(episode))
 
     def params(self, episode: Episode) -> Params:
         """The generated parameters of every task in ``episode``: ``{name: [T, *shape]}``."""
@@ -162,14 +184,17 @@ class HyperModel(nn.Module):
             params = {**params, names[0]: weight, names[1]: bias}
         return params
 
+    def outputs(self, episode: Episode, *, validate: bool = True) -> ModelOutput:
+        """The meta-training path: query predictions ``[T, Q, ...]`` and the generated parts'
+        extra loss (``None`` when no part adds one)."""
+        episode = self.prepare(episode, validate=validate)
+        params = self._generate(episode)
+        pred = self.target(params, episode.query_x)  # (T, Q, ...)
+        return ModelOutput(pred, self.target.extra_loss(params))
+
     def forward(self, episode: Episode) -> Tensor:
         """Predictions of each task's generated network on its query set, ``[T, Q, ...]``."""
-        episode = self.prepare(episode)
-        params = self._generate(episode)
-        out: Tensor = self.target(params, episode.query_x)  # (T, Q, ...)
-        if self.target.has_gates:  # expected fraction of open units: the sparsity cost
-            self.last_structure_cost = structure_cost(params, self.target.spec)
-        return out
+        return self.outputs(episode).pred
 
     def adapted_params(self, episode: Episode, finetune_steps: int | None = None) -> Params:
         """Generated params, then ``finetune_steps`` (default: the model's) SGD steps of each
@@ -200,37 +225,42 @@ class HyperModel(nn.Module):
                 for i in range(count)]
 
 
-def _check_class_head(head: ClassHead | None, target: FunctionalTarget, kind: str) -> None:
+def _check_class_head(head: ClassHead | None, target: FunctionalTarget, kind: TaskKind) -> None:
     if (head is None) != (target.class_head is None):
         raise ValueError("class_head= and a target built with class_head= go together; got "
                          f"class_head={type(head).__name__ if head else None} and target "
                          f"class_head={target.class_head!r}")
     if head is None:
         return
-    if kind != "classification":
-        raise ValueError("a class head needs kind='classification'")
+    if not kind.uses_classes:
+        raise ValueError(f"a class head needs a kind with class labels (classification); got "
+                         f"{kind.name!r}")
     if head.feature_dim != target.feature_dim:
         raise ValueError(f"class_head.feature_dim ({head.feature_dim}) must equal the width "
                          f"the target's head reads ({target.feature_dim})")
 
 
-def _class_problems(episode: Episode) -> list[str]:
-    """What a per-class head cannot use: no support, non-integer labels, a missing class."""
+def _class_problems(episode: Episode) -> tuple[list[str], int | None]:
+    """What a per-class head cannot use (no support, non-integer labels, a missing class, too
+    many classes), and the episode's way count when it is valid."""
     y = episode.support_y
     if y.shape[1] == 0:
         return ["support set is empty: the class head builds each class's weights from its "
-                "support examples"]
+                "support examples"], None
     if y.dim() != 2 or y.is_floating_point():
         return [f"support_y must be integer class labels [T, S] for a class head; got "
-                f"{list(y.shape)} {y.dtype}"]
+                f"{list(y.shape)} {y.dtype}"], None
     if int(y.min()) < 0:
-        return ["support_y labels must be >= 0"]
-    ways = episode_ways(episode)
+        return ["support_y labels must be >= 0"], None
+    try:
+        ways = episode_ways(episode)
+    except ValueError as err:
+        return [str(err)], None
     present = torch.nn.functional.one_hot(y.long(), ways)
     if episode.support_mask is not None:
         present = present * episode.support_mask[..., None]
     missing = (present.sum(1) == 0).nonzero().tolist()
     if missing:
         return [f"classes without support examples (task, class): {missing[:10]}; every class "
-                f"0..{ways - 1} needs one"]
-    return []
+                f"0..{ways - 1} needs one"], None
+    return [], ways

@@ -7,11 +7,14 @@ keeps its constructor arguments in ``.config`` so ``build_network(net.config)`` 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from hypermeta.gates import GateSite as GateSite  # re-exported: hypermeta.networks.GateSite
+from hypermeta.registry import TARGETS
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU,
@@ -320,24 +323,14 @@ class TransformerNet(nn.Module):
         return out
 
 
-class GateSite(NamedTuple):
-    """Where structure gates act: the output of ``module`` along ``dim`` (``units`` wide).
-    ``closable``: every gate may be 0 (a residual branch: the identity path remains)."""
-
-    module: str
-    units: int
-    dim: int
-    closable: bool = False
-
-
-NETWORKS: dict[str, type[nn.Module]] = {
-    "mlp": MLP, "resmlp": ResMLP, "conv4": Conv4, "gru": GRUNet, "lstm": LSTMNet,
-    "transformer": TransformerNet,
-}
+for _name, _cls in (("mlp", MLP), ("resmlp", ResMLP), ("conv4", Conv4), ("gru", GRUNet),
+                    ("lstm", LSTMNet), ("transformer", TransformerNet)):
+    TARGETS.register(_name, _cls)
 
 
 def build_network(config: Mapping[str, Any]) -> nn.Module:
-    """Build a built-in target from its JSON-able config (``{"name": "mlp", ...}``).
+    """Build a registered target (``hypermeta.TARGETS``) from its JSON-able config
+    (``{"name": "mlp", ...}``).
 
     Example:
         >>> net = build_network({"name": "mlp", "in_dim": 1, "out_dim": 1, "hidden": [40, 40]})
@@ -347,10 +340,12 @@ def build_network(config: Mapping[str, Any]) -> nn.Module:
     if not isinstance(config, Mapping) or "name" not in config:
         raise ValueError(f"network config must be a mapping with a 'name'; got {config!r}")
     name = config["name"]
-    if name not in NETWORKS:
-        raise ValueError(f"unknown network {name!r}; built-ins are {sorted(NETWORKS)}")
+    builder = TARGETS.get(name)
     kwargs = {k: v for k, v in config.items() if k != "name"}
     try:
-        return NETWORKS[name](**kwargs)
+        net = builder(**kwargs)
     except TypeError as err:
         raise TypeError(f"bad arguments for network {name!r}: {err}") from None
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"target {name!r} built a {type(net).__name__}, not an nn.Module")
+    return net

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -11,27 +12,35 @@ from torch import Tensor
 Params = dict[str, Tensor]
 """Parameters by name. In batched form every tensor has a leading task dimension ``T``."""
 
-KINDS = (
-    "weight",  # a matrix or conv kernel: He / hyperfan initialisation
-    "bias",  # additive offset of a weight layer: starts near zero
-    "norm_weight",  # scale of a normalisation layer: starts at one
-    "norm_bias",  # shift of a normalisation layer: starts at zero
-    "lora_a",  # low-rank delta, input factor [r, fan_in]
-    "lora_b",  # low-rank delta, output factor [fan_out, r]: starts at zero
-    "film_scale",  # per-channel multiplicative delta (applied as 1 + scale): starts at zero
-    "film_shift",  # per-channel additive delta: starts at zero
-    "other",  # anything else (e.g. a 1-D learned vector): small normal
-    "gate",  # structure gate logits (log alpha, see gates.py): start open
-    "gate_width",  # one ordered-width gate per site: the open fraction of its units (gates.py)
-)
-GATE_KINDS = ("gate", "gate_width")
-GATE_INITIAL_LOGIT = 1.0  # P(gate != 0) = 0.93 at the start; Adam can still close it quickly
-WIDTH_SLOPE = 4.0  # width gates: logit change per unit across the boundary (sharp: little noise)
+
+@dataclass(frozen=True)
+class Init:
+    """How one generated tensor starts: ``offset + std * N(0, 1)`` per scalar.
+
+    ``offset`` is its task-independent value; ``std`` its spread across tasks at the start
+    (what hyperfan initialisation aims for). With ``he=True`` the std is multiplied by He's
+    ``sqrt(2 / fan)``, ``fan`` the row's ``fan_in`` or ``fan_out`` as the hyperfan mode says.
+    """
+
+    offset: float = 0.0
+    std: float = 0.0
+    he: bool = False
+
+    def std_for(self, fan: int) -> float:
+        """The std of a row with this fan."""
+        return self.std * math.sqrt(2.0 / max(fan, 1)) if self.he else self.std
 
 
-def initial_width(units: int) -> float:
-    """Open fraction whose last unit sits at logit ``GATE_INITIAL_LOGIT`` (all units open)."""
-    return 1.0 - (0.5 - GATE_INITIAL_LOGIT / WIDTH_SLOPE) / units
+GENERIC_INITS: dict[str, Init] = {
+    "weight": Init(std=1.0, he=True),  # a matrix or conv kernel: He / hyperfan initialisation
+    "bias": Init(),  # additive offset of a weight layer: starts at zero
+    "norm_weight": Init(offset=1.0),  # scale of a normalisation layer: starts at one
+    "norm_bias": Init(),  # shift of a normalisation layer: starts at zero
+    "other": Init(),  # anything else (e.g. a 1-D learned vector): starts at zero
+}
+"""The kinds a target's own tensors have, and how each starts. A part's rows (see
+``hypermeta.parts``) may use other kind strings, each with an explicit ``Init``."""
+KINDS = tuple(GENERIC_INITS)
 
 
 @dataclass(frozen=True)
@@ -43,9 +52,16 @@ class ParamSpec:
     Arguments:
         names: parameter names as in ``module.named_parameters()``.
         shapes: the shape of each parameter for ONE task (no task dimension).
-        kinds: one of ``KINDS`` per parameter; drives initialisation.
+        kinds: what each parameter is: one of ``KINDS``, or a part's own kind string (then
+            ``inits`` must give its initialisation).
         fan_in: the fan-in of the layer each parameter belongs to (used by hyperfan init).
         fan_out: the fan-out of that layer.
+        inits: how each parameter starts; empty: every kind's default (``GENERIC_INITS``).
+
+    Example:
+        >>> spec = ParamSpec(("w",), (torch.Size([3, 2]),), ("weight",), (2,), (3,))
+        >>> spec.inits == (GENERIC_INITS["weight"],)
+        True
     """
 
     names: tuple[str, ...]
@@ -53,21 +69,36 @@ class ParamSpec:
     kinds: tuple[str, ...]
     fan_in: tuple[int, ...]
     fan_out: tuple[int, ...]
+    inits: tuple[Init, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.names)
         lengths = {len(self.shapes), len(self.kinds), len(self.fan_in), len(self.fan_out)}
+        if self.inits:
+            lengths.add(len(self.inits))
         if lengths != {n}:
             raise ValueError(
                 f"ParamSpec fields must have equal lengths; got names={n}, "
                 f"shapes={len(self.shapes)}, kinds={len(self.kinds)}, "
-                f"fan_in={len(self.fan_in)}, fan_out={len(self.fan_out)}"
+                f"fan_in={len(self.fan_in)}, fan_out={len(self.fan_out)}, inits={len(self.inits)}"
             )
         if len(set(self.names)) != n:
             raise ValueError(f"ParamSpec names must be unique; got {list(self.names)}")
-        bad = [k for k in self.kinds if k not in KINDS]
-        if bad:
-            raise ValueError(f"ParamSpec kinds {bad} are not among {list(KINDS)}")
+        if not self.inits:
+            bad = [k for k in self.kinds if k not in GENERIC_INITS]
+            if bad:
+                raise ValueError(f"ParamSpec kinds {bad} are not among {list(KINDS)}; other "
+                                 "kinds need an explicit initialisation (inits=)")
+            # a frozen dataclass fills its own derived field this way
+            object.__setattr__(self, "inits", tuple(GENERIC_INITS[k] for k in self.kinds))
+        elif not all(isinstance(i, Init) for i in self.inits):
+            raise TypeError("ParamSpec inits must be hypermeta.spec.Init values")
+
+    @classmethod
+    def concat(cls, specs: Sequence[ParamSpec]) -> ParamSpec:
+        """One spec with the rows of ``specs`` in order (names must stay unique)."""
+        return cls(*(tuple(x for s in specs for x in getattr(s, field))
+                     for field in ("names", "shapes", "kinds", "fan_in", "fan_out", "inits")))
 
     def __len__(self) -> int:
         return len(self.names)
@@ -109,34 +140,25 @@ class ParamSpec:
     def he_std(self, mode: str = "fan_in") -> Tensor:
         """Per-parameter target std (one value per scalar, ``[P]``) used by hyperfan init.
 
-        Weights get He's ``sqrt(2 / fan)`` (``mode`` = ``"fan_in"`` or ``"fan_out"``); low-rank
-        input factors the same; gate logits 1 (so each task's gates differ from the start);
-        every kind whose task-independent value is a constant (biases, norms, deltas) gets zero.
+        Each row's ``Init``: weights get He's ``sqrt(2 / fan)`` (``mode`` = ``"fan_in"`` or
+        ``"fan_out"``); every kind whose task-independent value is a constant (biases, norms)
+        gets zero; a part's rows what their ``Init`` says.
         """
         if mode not in ("fan_in", "fan_out"):
             raise ValueError(f"mode must be 'fan_in' or 'fan_out', got {mode!r}")
         fans = self.fan_in if mode == "fan_in" else self.fan_out
-        parts = []
-        for size, kind, fan in zip(self.sizes(), self.kinds, fans):
-            std = math.sqrt(2.0 / max(fan, 1)) if kind in ("weight", "lora_a") else 0.0
-            std = {"gate": 1.0, "gate_width": 0.1}.get(kind, std)
-            parts.append(torch.full((size,), std))
+        parts = [torch.full((size,), init.std_for(fan))
+                 for size, init, fan in zip(self.sizes(), self.inits, fans)]
         return torch.cat(parts) if parts else torch.zeros(0)
 
     def offsets(self) -> Tensor:
-        """Per-parameter constant each kind starts from (``[P]``): 1 for norm scales,
-        ``GATE_INITIAL_LOGIT`` for gate logits (open), else 0; a width gate starts with every
-        unit open and its last unit at logit ``GATE_INITIAL_LOGIT`` (so the sparsity cost has
-        a gradient from the first step)."""
-        start = {"norm_weight": 1.0, "gate": GATE_INITIAL_LOGIT}
-        parts = [torch.full((size,), initial_width(units) if kind == "gate_width"
-                            else start.get(kind, 0.0))
-                 for size, kind, units in zip(self.sizes(), self.kinds, self.fan_in)]
+        """Per-parameter constant each row starts from (``[P]``): its ``Init.offset`` (1 for
+        norm scales, 0 for weights and biases)."""
+        parts = [torch.full((size,), init.offset) for size, init in zip(self.sizes(), self.inits)]
         return torch.cat(parts) if parts else torch.zeros(0)
 
     def init_flat(self, generator: torch.Generator | None = None) -> Tensor:
-        """A fresh task-independent parameter vector ``[P]``: He-normal weights, constants else."""
+        """A fresh task-independent parameter vector ``[P]``: ``offset + std * N(0, 1)``."""
         std = self.he_std()
         noise = torch.randn(std.shape, generator=generator)
-        # lora_a factors start small so the delta B @ A begins at exactly zero through B = 0.
         return self.offsets() + std * noise

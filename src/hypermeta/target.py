@@ -4,28 +4,31 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import functools
 import logging
 import math
 import warnings
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from hypermeta.gates import INITIAL_LOGIT, gate_hook, masks_for
-from hypermeta.spec import Params, ParamSpec, initial_width
+from hypermeta.adapters import FiLM, LowRank
+from hypermeta.gates import GateMode, Gates
+from hypermeta.heads import PerClassHead
+from hypermeta.parts import Part, register_placeholder
+from hypermeta.spec import Params, ParamSpec
 
 log = logging.getLogger(__name__)
 
 Adapter = Literal["full", "lowrank", "film"]
 BatchNormMode = Literal["batch", "frozen"]
 Selection = str | type[nn.Module] | Sequence[str | type[nn.Module]]
+_P = TypeVar("_P", bound=Part)
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
-_ADAPTABLE = (nn.Linear, nn.Conv2d)
 # Messages torch raises when an op has no vmap batching rule (only these trigger the loop).
 _VMAP_UNSUPPORTED = ("batching rule", "vmap: ", "not supported with vmap", "vmap over")
 
@@ -35,32 +38,33 @@ class FunctionalTarget(nn.Module):
 
     The user's module is deep-copied and never changed. The selected parameters are removed from
     the copy and must be supplied per task (``spec`` says which); all other parameters stay
-    ordinary shared trainable parameters of this object.
+    ordinary shared trainable parameters of this object. Whatever else is generated is a *part*
+    (``hypermeta.parts``): an adapter, gates, a per-class head, or the user's own.
 
     Arguments:
         module: the target network, e.g. ``nn.Sequential(nn.Linear(1, 40), nn.ReLU(), ...)``.
         generate: which parameters the hypernetwork produces: ``"all"``, glob patterns over
-            parameter names (``"head.*"``), module types (``nn.Linear``), or a list mixing both.
-        adapter: ``"full"`` generates the selected tensors themselves; ``"lowrank"`` keeps the
-            selected ``nn.Linear``/``nn.Conv2d`` weights shared and generates a rank-``rank``
-            delta ``B @ A`` applied as two thin products (never a T x out x in tensor);
-            ``"film"`` generates per-channel ``(scale, shift)`` applied as ``y * (1 + s) + t``.
+            parameter names (``"head.*"``), module types (``nn.Linear``), a list mixing both, or
+            ``"none"`` (only the parts generate).
+        adapter: ``"full"`` generates the selected tensors themselves; ``"lowrank"`` (a
+            rank-``rank`` delta ``B @ A``, never a T x out x in tensor) and ``"film"``
+            (per-channel scale and shift) keep the selected ``nn.Linear``/``nn.Conv2d`` weights
+            shared and generate deltas (``hypermeta.adapters``).
         rank: rank of the low-rank delta.
         batchnorm: ``"batch"``: normalise with each task's own batch statistics, in training and
             evaluation alike (the MAML convention); running statistics are dropped.
             ``"frozen"``: always use the running statistics the module carries (for instance
             from pre-training) and never update them.
         input_shape: the shape of one example, checked at the entry when given.
-        gates: also generate per-task structure gates over the module's gate sites (built-in
-            ``MLP`` hidden units, ``Conv4`` channels; see ``hypermeta.gates``): spec entries
-            ``"<site>.gate"`` of kind ``"gate"`` hold their logits, and ``materialize``
-            returns a genuinely smaller network without the closed units.
-        gate_mode: ``"units"``: one free gate logit per unit; ``"width"``: one generated open
-            fraction per site, the open units always a prefix (see ``hypermeta.gates``).
+        gates, gate_mode, gate_sparsity: also generate per-task structure gates over the
+            module's gate sites (``hypermeta.gates``): ``"units"`` (a logit per unit) or
+            ``"width"`` (an open fraction per site); ``extra_loss`` returns ``gate_sparsity``
+            times their expected open fraction; ``materialize`` prunes the closed units.
         class_head: name of the final ``nn.Linear`` whose rows are generated one per class
-            (``hypermeta.ClassHead``), so its number of outputs — the way count — is free: its
-            params are ``[T, N, D]`` / ``[T, N]`` for any N, and it is never in ``spec``.
-            ``generate="none"`` then leaves every other parameter shared.
+            (``hypermeta.heads``), so the way count is free: its params are ``[T, N, D]`` and
+            ``[T, N]`` for any N, and never in ``spec``.
+        parts: the user's own ``Part`` s, installed after the adapter and before the gates
+            (which merge last: they prune).
 
     Example:
         >>> net = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 1))
@@ -80,8 +84,10 @@ class FunctionalTarget(nn.Module):
         batchnorm: BatchNormMode = "batch",
         input_shape: Sequence[int] | None = None,
         gates: bool = False,
-        gate_mode: Literal["units", "width"] = "units",
+        gate_mode: GateMode = "units",
+        gate_sparsity: float = 0.0,
         class_head: str | None = None,
+        parts: Sequence[Part] = (),
     ) -> None:
         super().__init__()
         if not isinstance(module, nn.Module):
@@ -90,153 +96,60 @@ class FunctionalTarget(nn.Module):
             raise ValueError(f"adapter must be 'full', 'lowrank' or 'film', got {adapter!r}")
         if batchnorm not in ("batch", "frozen"):
             raise ValueError(f"batchnorm must be 'batch' or 'frozen', got {batchnorm!r}")
-        if adapter == "lowrank" and (not isinstance(rank, int) or rank < 1):
-            raise ValueError(f"rank must be a positive int, got {rank!r}")
-        self.adapter: Adapter = adapter
-        self.rank = rank
-        self.batchnorm: BatchNormMode = batchnorm
+        if isinstance(parts, Part) or not all(isinstance(p, Part) for p in parts):
+            raise TypeError(f"parts= takes a sequence of hypermeta.parts.Part; got {parts!r}")
+        gate_part = Gates(gate_mode, sparsity=gate_sparsity)  # checks both even without gates
+        if gate_sparsity and not gates:
+            raise ValueError(f"gate_sparsity={gate_sparsity} needs gates=True")
+        self.adapter, self.rank, self.batchnorm = adapter, rank, batchnorm
         if input_shape is None:  # built-in targets know the shape of one example
             input_shape = getattr(module, "input_shape", None)
         self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
         # built-in targets carry the JSON-able config that rebuilds them
         self.config: dict[str, object] | None = getattr(module, "config", None)
         self.module = copy.deepcopy(module)
-        self.class_head, self.head_names = class_head, self._make_class_head(class_head)
-        # the head's tensors are placeholders by now, so _select never returns them
-        selected = _select(self.module, generate, allow_none=class_head is not None)
+        self._setup_batchnorm()
+        # A structural copy on the meta device (no memory) before anything is installed:
+        # materialize fills a fresh copy of it, so it never has to remove a hook.
+        self._blank: Callable[[], nn.Module] = functools.partial(
+            copy.deepcopy, copy.deepcopy(self.module).to("meta"))
+
+        head = None if class_head is None else PerClassHead(class_head)
+        chosen: list[Part] = [] if head is None else [head]
+        # the head's tensors are the head's: never selected as plain generated tensors
+        exclude = frozenset(() if head is None else head.free_names)
+        selected = _select(self.module, generate, exclude,
+                           allow_none=bool(chosen or gates or parts))
         if not selected and adapter != "full":
             raise ValueError(f"adapter={adapter!r} needs generate= to select layers")
-        if adapter == "full":
-            self.spec, self._initial = self._make_full(selected)
-            self._adapted: dict[str, int] = {}
-        else:
-            self.spec, self._initial, self._adapted = self._make_adapters(selected)
-        self._gate_hooks: dict[str, int] = {}
-        self._closable: frozenset[str] = frozenset()
-        if gate_mode not in ("units", "width"):
-            raise ValueError(f"gate_mode must be 'units' or 'width', got {gate_mode!r}")
+        if adapter == "lowrank":
+            chosen.append(LowRank(selected, rank))
+        elif adapter == "film":
+            chosen.append(FiLM(selected))
+        chosen += parts
         if gates:
-            self._add_gates(gate_mode)
-        self._placeholders = frozenset(self.spec.names) | frozenset(self.head_names)
+            chosen.append(gate_part)
+        self.parts = nn.ModuleList(chosen)
+
+        full, self._initial = _plain_rows(self.module, selected if adapter == "full" else [])
+        self._full_names, self._full_numel = full.names, full.numel()
+        specs = [full]
+        for part in chosen:
+            rows = part.install(self.module)
+            specs.append(rows)
+            self._initial.update(part.initial_params(rows))
+        self.spec = ParamSpec.concat(specs)
+        self._free_names = tuple(n for part in chosen for n in part.free_names)
+        self._placeholders = frozenset(self.spec.names) | frozenset(self._free_names)
+        self.class_head = class_head
+        self.head_names = () if head is None else head.free_names
+        self.feature_dim = 0 if head is None else head.feature_dim
         self._shared_cache: dict[str, Tensor] | None = None
-        self._setup_batchnorm()
         self._use_vmap = not any(isinstance(m, nn.RNNBase) for m in self.module.modules())
         if not self._use_vmap:
             self._warn_loop("nn.RNNBase modules (nn.GRU/nn.LSTM/nn.RNN) have no vmap rule")
 
     # ----------------------------------------------------------------- construction helpers
-    def _make_class_head(self, name: str | None) -> tuple[str, ...]:
-        self.feature_dim = 0
-        if name is None:
-            return ()
-        try:
-            head = self.module.get_submodule(name)
-        except AttributeError:
-            raise ValueError(f"class_head={name!r} names no submodule of "
-                             f"{type(self.module).__name__}") from None
-        if not isinstance(head, nn.Linear) or head.bias is None:
-            raise ValueError(f"class_head={name!r} must be an nn.Linear with a bias; got "
-                             f"{type(head).__name__}")
-        self.feature_dim = head.in_features
-        prefix = f"{name}." if name else ""
-        for leaf in ("weight", "bias"):
-            _make_placeholder(head, leaf)
-        return (prefix + "weight", prefix + "bias")
-
-    def _make_full(self, selected: list[str]) -> tuple[ParamSpec, Params]:
-        names, shapes, kinds, fin, fout = [], [], [], [], []
-        initial: Params = {}
-        for name in selected:
-            owner, leaf = _owner(self.module, name)
-            tensor = getattr(owner, leaf)
-            kind, fan_in, fan_out = _kind_and_fans(owner, leaf, tensor)
-            names.append(name)
-            shapes.append(tensor.shape)
-            kinds.append(kind)
-            fin.append(fan_in)
-            fout.append(fan_out)
-            initial[name] = tensor.detach().clone()
-            _make_placeholder(owner, leaf)
-        spec = ParamSpec(tuple(names), tuple(shapes), tuple(kinds), tuple(fin), tuple(fout))
-        return spec, initial
-
-    def _make_adapters(self, selected: list[str]) -> tuple[ParamSpec, Params, dict[str, int]]:
-        layers = []
-        for name in selected:
-            owner_name, _, leaf = name.rpartition(".")
-            owner = self.module.get_submodule(owner_name)
-            if leaf == "weight" and isinstance(owner, _ADAPTABLE):
-                layers.append(owner_name)
-        if not layers:
-            raise ValueError(
-                f"generate= selected no nn.Linear or nn.Conv2d weight; adapter={self.adapter!r} "
-                f"needs at least one (selected: {selected})"
-            )
-        names, shapes, kinds, fin, fout = [], [], [], [], []
-        hook_ids: dict[str, int] = {}
-        entries: list[tuple[str, tuple[int, ...], str, int, int]]  # leaf, shape, kind, fans
-        for layer_name in layers:
-            layer = self.module.get_submodule(layer_name)
-            weight = _tensor(layer, "weight")
-            out_ch, fan_in = int(weight.shape[0]), math.prod(weight.shape[1:])
-            prefix = f"{layer_name}." if layer_name else ""
-            if self.adapter == "lowrank":
-                if isinstance(layer, nn.Conv2d) and (layer.groups != 1 or
-                                                     layer.padding_mode != "zeros"):
-                    raise ValueError(f"adapter='lowrank' supports Conv2d with groups=1 and "
-                                     f"padding_mode='zeros'; layer {layer_name!r} differs")
-                entries = [("lora_a", (self.rank, fan_in), "lora_a", fan_in, self.rank),
-                           ("lora_b", (out_ch, self.rank), "lora_b", self.rank, out_ch)]
-                hook = _lowrank_hook
-            else:
-                entries = [("film_scale", (out_ch,), "film_scale", out_ch, out_ch),
-                           ("film_shift", (out_ch,), "film_shift", out_ch, out_ch)]
-                hook = _film_hook
-            for leaf, shape, kind, a, b in entries:
-                layer.register_buffer(leaf, torch.empty(0), persistent=False)
-                names.append(prefix + leaf)
-                shapes.append(torch.Size(shape))
-                kinds.append(kind)
-                fin.append(a)
-                fout.append(b)
-            hook_ids[layer_name] = layer.register_forward_hook(hook).id
-        spec = ParamSpec(tuple(names), tuple(shapes), tuple(kinds), tuple(fin), tuple(fout))
-        # Task-independent start: A random (He), B and FiLM zero, so the delta starts at zero.
-        initial = spec.unflatten(spec.init_flat(torch.Generator().manual_seed(0)))
-        return spec, initial, hook_ids
-
-    def _add_gates(self, mode: str) -> None:
-        sites = getattr(self.module, "gate_sites", None)
-        if sites is None or not hasattr(self.module, "pruned"):
-            raise ValueError(f"gates=True needs a target with gate_sites() and pruned(); "
-                             f"{type(self.module).__name__} has none (built-in mlp and conv4 do)")
-        spec = self.spec
-        names, shapes, kinds = list(spec.names), list(spec.shapes), list(spec.kinds)
-        fin, fout = list(spec.fan_in), list(spec.fan_out)
-        kind = "gate" if mode == "units" else "gate_width"
-        for site in sites():
-            owner = self.module.get_submodule(site.module)
-            owner.register_buffer("gate", torch.empty(0), persistent=False)
-            # plain attributes the gate hook reads (channel dim, parametrisation, whether the
-            # site may close entirely, sampling vs. binary)
-            object.__setattr__(owner, "gate_dim", site.dim)
-            object.__setattr__(owner, "gate_kind", kind)
-            object.__setattr__(owner, "gate_closable", site.closable)
-            object.__setattr__(owner, "gate_units", site.units)
-            object.__setattr__(owner, "gate_training", self.training)
-            self._gate_hooks[site.module] = owner.register_forward_hook(gate_hook).id
-            name = f"{site.module}.gate"
-            size = site.units if kind == "gate" else 1
-            names.append(name)
-            shapes.append(torch.Size([size]))
-            kinds.append(kind)
-            fin.append(site.units)  # for gate kinds: the number of units of the site
-            fout.append(site.units)
-            self._initial[name] = torch.full(
-                (size,), INITIAL_LOGIT if kind == "gate" else initial_width(site.units))
-        self._closable = frozenset(s.module for s in sites() if s.closable)
-        self.spec = ParamSpec(tuple(names), tuple(shapes), tuple(kinds), tuple(fin), tuple(fout))
-
     def _setup_batchnorm(self) -> None:
         for m in self.module.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and self.batchnorm == "batch":
@@ -249,9 +162,7 @@ class FunctionalTarget(nn.Module):
         self.train(self.training)
 
     def train(self, mode: bool = True) -> FunctionalTarget:
-        super().train(mode)
-        for site in getattr(self, "_gate_hooks", {}):  # gates follow the target, not BN modes
-            object.__setattr__(self.module.get_submodule(site), "gate_training", mode)
+        super().train(mode)  # parts follow too (gates sample in training, are binary in eval)
         if self.batchnorm == "frozen":
             for m in self.module.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -266,17 +177,24 @@ class FunctionalTarget(nn.Module):
             stacklevel=3,
         )
 
+    def _parts(self) -> list[Part]:
+        return [p for p in self.parts if isinstance(p, Part)]  # typed view of the ModuleList
+
+    def _part(self, kind: type[_P]) -> _P | None:
+        return next((p for p in self.parts if isinstance(p, kind)), None)
+
     # ----------------------------------------------------------------------------- API
     @property
     def has_gates(self) -> bool:
         """Whether this target generates structure gates (``gates=True``)."""
-        return bool(self._gate_hooks)
+        return self._part(Gates) is not None
 
     def initial_params(self) -> Params:
         """The task-independent starting value of every generated tensor (one task, no T dim).
 
-        For ``adapter="full"`` the values the wrapped module held; for deltas, A ~ He and
-        B, FiLM = 0 (so the task network starts equal to the shared one). Fresh copies.
+        For ``adapter="full"`` the values the wrapped module held; for a part's rows what the
+        part says (deltas: A ~ He, B and FiLM = 0, so the task network starts equal to the
+        shared one; gates: all open). Fresh copies.
         """
         return {k: v.clone() for k, v in self._initial.items()}
 
@@ -299,6 +217,23 @@ class FunctionalTarget(nn.Module):
         self._shared_cache = None
         return self
 
+    def network_numel(self) -> int:
+        """Parameters of ONE complete plain target network: shared plus generated tensors
+        (not gates, adapter deltas or a user part's rows; nor a per-class head, whose size
+        is the way count's)."""
+        return sum(p.numel() for p in self.module.parameters()) + self._full_numel
+
+    def extra_loss(self, params: Params) -> Tensor | None:
+        """Sum of the parts' extra losses from the batched ``params`` (e.g. the gates'
+        ``gate_sparsity * structure_cost``); ``None`` when no part adds one."""
+        losses = [loss for part in self._parts() if (loss := part.extra_loss(params)) is not None]
+        return sum(losses[1:], losses[0]) if losses else None
+
+    def structure_cost(self, params: Params) -> Tensor:
+        """Expected fraction of open gated units over the batch (0 without gates)."""
+        gates = self._part(Gates)
+        return torch.zeros(()) if gates is None else gates.structure_cost(params)
+
     def check(self, params: Params, x: Tensor) -> None:
         """Raise a clear error unless ``params`` match ``spec`` with the task dim of ``x``.
 
@@ -311,7 +246,7 @@ class FunctionalTarget(nn.Module):
             raise ValueError(f"x must have shape [T, N, ...] (task dim first); got {list(x.shape)}")
         if not isinstance(params, dict):
             raise TypeError(f"params must be a dict[str, Tensor], got {type(params).__name__}")
-        missing = [n for n in (*self.spec.names, *self.head_names) if n not in params]
+        missing = [n for n in (*self.spec.names, *self._free_names) if n not in params]
         extra = [n for n in params if n not in self._placeholders]
         if missing or extra:
             raise KeyError(f"params do not match the target spec: missing {missing}, "
@@ -324,13 +259,8 @@ class FunctionalTarget(nn.Module):
                     f"params[{name!r}] has shape {list(got)}; expected [T, *{list(shape)}] with "
                     f"T = {num_tasks} from x (x has shape {list(x.shape)})"
                 )
-        if self.head_names:
-            weight, bias = (tuple(params[n].shape) for n in self.head_names)
-            if len(weight) != 3 or weight[0] != num_tasks or weight[2] != self.feature_dim \
-                    or bias != weight[:2]:
-                raise ValueError(f"class head params must be {self.head_names[0]} [T, N, "
-                                 f"{self.feature_dim}] and {self.head_names[1]} [T, N] with T = "
-                                 f"{num_tasks}; got {list(weight)} and {list(bias)}")
+        for part in self._parts():
+            part.check(params, num_tasks)
         if self.input_shape is not None and tuple(x.shape[2:]) != self.input_shape:
             raise ValueError(f"x examples have shape {list(x.shape[2:])}; the target expects "
                              f"{list(self.input_shape)} (x: [T, N, *{list(self.input_shape)}])")
@@ -379,8 +309,10 @@ class FunctionalTarget(nn.Module):
     def materialize(self, params: Params) -> nn.Module:
         """ONE task's params (no T dim) -> a standalone copy of the target.
 
-        The copy holds the generated weights as ordinary ``nn.Parameter`` s (deltas merged into
-        the weights, so it is the user's plain architecture), detached from the hypernetwork.
+        The copy is the user's plain architecture (no placeholders, no hooks) holding the
+        shared and generated tensors as ordinary ``nn.Parameter`` s, detached from the
+        hypernetwork; every part then merges into it (deltas into the weights, the class head
+        as a plain ``nn.Linear``, gates by pruning the closed units).
         """
         for name, shape in zip(self.spec.names, self.spec.shapes):
             if name not in params:
@@ -388,49 +320,26 @@ class FunctionalTarget(nn.Module):
             if tuple(params[name].shape) != tuple(shape):
                 raise ValueError(f"params[{name!r}] has shape {list(params[name].shape)}; "
                                  f"materialize takes ONE task's params, shape {list(shape)}")
-        module = copy.deepcopy(self.module)
-        if self.class_head is not None:  # a plain nn.Linear with one row per class
-            missing = [n for n in self.head_names if n not in params]
-            if missing:
-                raise KeyError(f"params lack the class head {missing}")
-            weight, bias = (params[n] for n in self.head_names)
-            if weight.dim() != 2 or tuple(bias.shape) != tuple(weight.shape[:1]):
-                raise ValueError(f"materialize takes ONE task's class head, [N, D] and [N]; "
-                                 f"got {list(weight.shape)} and {list(bias.shape)}")
-            head = nn.Linear(weight.shape[1], weight.shape[0]).to(weight)
-            head.weight.copy_(weight)
-            head.bias.copy_(bias)
-            owner_name, _, leaf = self.class_head.rpartition(".")
-            setattr(module.get_submodule(owner_name), leaf, head)
-        for site, hook_id in self._gate_hooks.items():
-            owner = module.get_submodule(site)
-            del owner._forward_hooks[hook_id]
-            delattr(owner, "gate")
-        if self.adapter == "full":
-            for name in self.spec.names:
-                if name.endswith(".gate") and name[:-5] in self._gate_hooks:
-                    continue
-                owner, leaf = _owner(module, name)
-                delattr(owner, leaf)
-                owner.register_parameter(leaf, nn.Parameter(params[name].detach().clone()))
-        else:
-            for layer_name, hook_id in self._adapted.items():
-                _merge_adapter(module.get_submodule(layer_name), layer_name, hook_id, params,
-                               self.adapter)
-        module.train(self.training)
-        if self._gate_hooks:  # drop the closed units: a genuinely smaller network
-            masks = masks_for(params, self.spec, closable=self._closable)
-            pruned: nn.Module = module.pruned(masks)  # type: ignore[operator]
-            return pruned
-        return module
+        module = self._blank()
+        _fill(module, {**self.shared_tensors(), **{n: params[n] for n in self._full_names}})
+        for part in self._parts():
+            module = part.merge(module, params)
+        empty = [n for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_meta]
+        if empty:
+            raise RuntimeError(f"materialize left {empty} without values (a part's merge "
+                               "must replace what it generates)")
+        return module.train(self.training)
 
 
 # --------------------------------------------------------------------------- module helpers
-def _select(module: nn.Module, generate: Selection, allow_none: bool = False) -> list[str]:
-    """Names of the parameters chosen by ``generate`` (in ``named_parameters`` order)."""
+def _select(module: nn.Module, generate: Selection, exclude: frozenset[str],
+            allow_none: bool = False) -> list[str]:
+    """Names of the parameters chosen by ``generate`` (in ``named_parameters`` order), but
+    not those in ``exclude``."""
     if generate == "none":
         if not allow_none:
-            raise ValueError("generate='none' leaves nothing to generate; it needs class_head=")
+            raise ValueError("generate='none' leaves nothing to generate; it needs class_head= "
+                             "(or gates=, parts=)")
         return []
     single = isinstance(generate, (str, type))
     items: list[str | type[nn.Module]] = [generate] if single else list(generate)  # type: ignore
@@ -445,9 +354,8 @@ def _select(module: nn.Module, generate: Selection, allow_none: bool = False) ->
     for mod_name, mod in module.named_modules():
         for leaf, _ in mod.named_parameters(recurse=False):
             name = f"{mod_name}.{leaf}" if mod_name else leaf
-            if any(fnmatch.fnmatchcase(name, p) for p in patterns) or (
-                types and isinstance(mod, types)
-            ):
+            if name not in exclude and (any(fnmatch.fnmatchcase(name, p) for p in patterns)
+                                        or (types and isinstance(mod, types))):
                 chosen.append(name)
     if not chosen:
         available = [n for n, _ in module.named_parameters()]
@@ -461,11 +369,20 @@ def _owner(module: nn.Module, name: str) -> tuple[nn.Module, str]:
     return module.get_submodule(owner_name), leaf
 
 
-def _make_placeholder(owner: nn.Module, leaf: str) -> None:
-    # The generated tensor is no longer a parameter of the copy: a non-persistent empty buffer
-    # keeps the name so functional_call(strict=True) demands it on every call.
-    delattr(owner, leaf)
-    owner.register_buffer(leaf, torch.empty(0), persistent=False)
+def _plain_rows(module: nn.Module, selected: list[str]) -> tuple[ParamSpec, Params]:
+    """``adapter="full"``: the selected tensors themselves become placeholders, their rows
+    starting from the module's values."""
+    rows: list[tuple[str, torch.Size, str, int, int]] = []
+    initial: Params = {}
+    for name in selected:
+        owner, leaf = _owner(module, name)
+        tensor = getattr(owner, leaf)
+        rows.append((name, tensor.shape, *_kind_and_fans(owner, leaf, tensor)))
+        initial[name] = tensor.detach().clone()
+        register_placeholder(owner, leaf)
+    columns = list(zip(*rows)) or [()] * 5
+    names, shapes, kinds, fan_in, fan_out = (tuple(column) for column in columns)
+    return ParamSpec(names, shapes, kinds, fan_in, fan_out), initial
 
 
 def _kind_and_fans(owner: nn.Module, leaf: str, tensor: Tensor) -> tuple[str, int, int]:
@@ -484,48 +401,23 @@ def _kind_and_fans(owner: nn.Module, leaf: str, tensor: Tensor) -> tuple[str, in
     return "other", tensor.numel(), tensor.numel()
 
 
-def _tensor(module: nn.Module, name: str) -> Tensor:
-    value = getattr(module, name)
-    assert isinstance(value, Tensor), f"{name} of {type(module).__name__} is not a tensor"
-    return value
 
 
-def _lowrank_hook(layer: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
-    # y = W0 x + B (A x): two thin products, never the [out, in] matrix B @ A per task.
-    x = inputs[0]
-    a, b = _tensor(layer, "lora_a"), _tensor(layer, "lora_b")  # [r, fan_in], [out, r]
-    if isinstance(layer, nn.Conv2d):
-        r = a.shape[0]
-        kernel = a.reshape(r, *layer.weight.shape[1:])
-        h = F.conv2d(x, kernel, None, layer.stride, layer.padding, layer.dilation)
-        return output + F.conv2d(h, b[:, :, None, None])
-    return output + F.linear(F.linear(x, a), b)
-
-
-def _film_hook(layer: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
-    scale, shift = _tensor(layer, "film_scale"), _tensor(layer, "film_shift")  # [out] each
-    if isinstance(layer, nn.Conv2d):
-        scale, shift = scale[:, None, None], shift[:, None, None]
-    return output * (1 + scale) + shift
-
-
-def _merge_adapter(layer: nn.Module, layer_name: str, hook_id: int, params: Params,
-                   adapter: Adapter) -> None:
-    prefix = f"{layer_name}." if layer_name else ""
-    del layer._forward_hooks[hook_id]
-    weight, bias = _tensor(layer, "weight"), getattr(layer, "bias", None)
-    if adapter == "lowrank":
-        a, b = params[prefix + "lora_a"], params[prefix + "lora_b"]
-        weight.add_((b @ a).reshape(weight.shape))
-        names = ("lora_a", "lora_b")
-    else:
-        scale, shift = 1 + params[prefix + "film_scale"], params[prefix + "film_shift"]
-        weight.mul_(scale.reshape(-1, *([1] * (weight.dim() - 1))))
-        new_bias = shift.clone() if bias is None else bias * scale + shift
-        if bias is None:
-            layer.register_parameter("bias", nn.Parameter(new_bias))
-        else:
-            bias.copy_(new_bias)
-        names = ("film_scale", "film_shift")
-    for leaf in names:
-        delattr(layer, leaf)
+def _fill(module: nn.Module, values: dict[str, Tensor]) -> None:
+    """Give the (meta) ``module`` real tensors: detached copies of ``values`` by name, as
+    parameters (keeping ``requires_grad``) or buffers; tied tensors stay tied."""
+    made: dict[int, Tensor] = {}
+    for name, param in list(module.named_parameters(remove_duplicate=False)):
+        if id(param) not in made and name in values:
+            value = values[name]  # a shared parameter's flag may have changed since the copy
+            grad = value.requires_grad if isinstance(value, nn.Parameter) else param.requires_grad
+            made[id(param)] = nn.Parameter(value.detach().clone(), grad)
+        if id(param) in made:
+            owner, leaf = _owner(module, name)
+            setattr(owner, leaf, made[id(param)])
+    for name, buffer in list(module.named_buffers(remove_duplicate=False)):
+        if id(buffer) not in made and name in values:
+            made[id(buffer)] = values[name].detach().clone()
+        if id(buffer) in made:
+            owner, leaf = _owner(module, name)
+            setattr(owner, leaf, made[id(buffer)])

@@ -8,18 +8,19 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from hypermeta.build import build_learner, build_tasks
 from hypermeta.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from hypermeta.config import ConfigError, RunConfig
-from hypermeta.evaluate import evaluate, higher_is_better, predictor, task_loss
+from hypermeta.evaluate import evaluate
+from hypermeta.model import Learner
+from hypermeta.runs import build_learner, build_tasks
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,41 @@ class FitResult:
     best_step: int | None
     train_seconds: float
     content_id: str
+
+
+class Callback:
+    """What ``fit`` reports while it runs; subclass and override what you need. ``fit`` itself
+    prints nothing: the CLI installs a progress bar (``hypermeta.ProgressBar``) this way.
+
+    ``on_step`` gets the training loss only every ``train.log_every`` steps (reading it is a
+    device sync), else ``None``.
+    """
+
+    def on_start(self, *, description: str, total: int, initial: int) -> None:
+        """Training starts (or resumes at ``initial``) towards ``total`` steps."""
+
+    def on_step(self, step: int, loss: float | None) -> None:
+        """A training step finished."""
+
+    def on_validate(self, step: int, result: dict[str, float]) -> None:
+        """A validation finished (``result``: mean, ci95, std, tasks)."""
+
+    def on_end(self) -> None:
+        """This call of ``fit`` ends (finished, chunk done, stopped early or failed)."""
+
+
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    # torch's intra-op threads for this run only (config.threads); restored afterwards
+    if count is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _schedule(optimizer: torch.optim.Optimizer,
@@ -79,39 +115,56 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, extra: dict[str, Tensor
 
 
 def fit(config: RunConfig, run_dir: str | Path, *, target: nn.Module | None = None,
-        resume: bool = True, max_steps: int | None = None, progress: bool = True) -> FitResult:
+        resume: bool = True, max_steps: int | None = None,
+        callbacks: Sequence[Callback] = ()) -> FitResult:
     """Meta-train ``config.method`` on ``config.tasks``; checkpoints and metrics in ``run_dir``.
 
     Arguments:
         config: the validated run configuration.
         run_dir: folder for ``config.json``, ``last.safetensors``, ``best.safetensors`` and
             ``metrics.jsonl``. An existing run with the same config is resumed exactly (same
-            RNG state, next batch and losses); a different config there is an error.
+            RNG state, next batch and losses); a different config there is an error. Nothing
+            is written before the task family, its data and the learner are built.
         target: the user's own target module when ``config.target.name`` is ``"custom"``.
         resume: set False to refuse an existing run instead of resuming it.
         max_steps: stop this call after that many steps (a chunk of a longer run); the run
             resumes from there next time.
-        progress: show a progress bar with live loss, validation metric and ETA.
+        callbacks: progress reporting (``Callback``), e.g. ``[hypermeta.ProgressBar()]``.
+
+    Returns:
+        a ``FitResult`` (steps done, whether the run is complete, best validation metric).
+
+    Example:
+        >>> config = hypermeta.RunConfig.from_file("configs/sinusoid_hypernet.yaml")
+        >>> result = hypermeta.fit(config, "runs/sin", max_steps=500)   # resumable chunk
     """
-    run_dir = Path(run_dir)
+    if max_steps is not None and (isinstance(max_steps, bool) or max_steps < 0):
+        raise ValueError(f"max_steps must be >= 0 (or None for the whole run), got {max_steps}")
+    with _threads(config.threads):
+        return _fit(config, Path(run_dir), target=target, resume=resume, max_steps=max_steps,
+                    callbacks=callbacks)
+
+
+def _fit(config: RunConfig, run_dir: Path, *, target: nn.Module | None, resume: bool,
+         max_steps: int | None, callbacks: Sequence[Callback]) -> FitResult:
     config_json = config.to_json()
     last, best = run_dir / "last.safetensors", run_dir / "best.safetensors"
     if (run_dir / "config.json").exists():
         old = json.loads((run_dir / "config.json").read_text())
-        with contextlib.suppress(ConfigError):  # fields added since (with their defaults)
-            old = json.loads(RunConfig.from_dict(old).to_json())  # do not make it different
+        with contextlib.suppress(ConfigError):  # older versions, fields added since
+            old = json.loads(RunConfig.from_saved(old).to_json())  # do not make it different
         if old != json.loads(config_json):
             raise ConfigError(f"{run_dir} holds a run with a different config; choose another "
                               "output folder or delete it")
         if not resume:
             raise ConfigError(f"{run_dir} already holds this run; pass resume=True to continue")
+    torch.manual_seed(config.seed)  # model initialisation
+    tasks = build_tasks(config)  # may fail on missing data: before anything is written
+    learner = build_learner(config, tasks, target)
+    kind = tasks.kind
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(run_dir / "config.json", (json.dumps(json.loads(config_json), indent=2)
                                                 + "\n").encode())
-    torch.manual_seed(config.seed)  # model initialisation
-    tasks = build_tasks(config)
-    learner = build_learner(config, tasks, target)
-    kind = tasks.task_kind
     params = [p for p in learner.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params or [nn.Parameter(torch.zeros(1))], lr=config.train.lr,
                                  weight_decay=config.train.weight_decay)
@@ -119,8 +172,13 @@ def fit(config: RunConfig, run_dir: str | Path, *, target: nn.Module | None = No
     generator = torch.Generator().manual_seed(config.seed)
     state: dict[str, Any] = {"step": 0, "best_val": None, "best_step": None, "bad_evals": 0,
                              "stopped_early": False, "train_seconds": 0.0}
+    provenance = tasks.provenance()
     if last.exists():
         weights, extra, meta = load_checkpoint(last)
+        recorded = meta["state"].get("provenance", {})
+        if recorded != provenance and meta.get("format") != "hypermeta-checkpoint/1":
+            raise ConfigError(f"{run_dir} was trained on other data than {tasks.name!r} reads "
+                              "now; resume it with the same data, or start a new run folder")
         learner.load_state_dict(weights)
         _restore_optimizer(optimizer, extra, meta["state"]["optimizer"])
         scheduler.load_state_dict(meta["state"]["scheduler"])
@@ -135,7 +193,6 @@ def fit(config: RunConfig, run_dir: str | Path, *, target: nn.Module | None = No
             _pretrain(learner, tasks, config, generator)
     train_steps = config.train.steps if params else 0
     val_set = tasks.fixed_tasks("val", config.train.val_tasks)
-    better = higher_is_better(kind)
     stop_at = train_steps if max_steps is None else min(train_steps, state["step"] + max_steps)
     writer = _tensorboard(run_dir)
 
@@ -146,22 +203,28 @@ def fit(config: RunConfig, run_dir: str | Path, *, target: nn.Module | None = No
         return save_checkpoint(path, config_json=config_json, model=learner.state_dict(),
                                extra_tensors=tensors,
                                state={"trainer": state, "optimizer": optim_state,
-                                      "scheduler": scheduler.state_dict()})
+                                      "scheduler": scheduler.state_dict(),
+                                      "provenance": provenance})
 
-    bar = tqdm(total=train_steps, initial=state["step"], disable=not progress, unit="step",
-               dynamic_ncols=True, desc=f"{config.method} {tasks.name}")
+    for callback in callbacks:
+        callback.on_start(description=f"{config.method} {tasks.name}", total=train_steps,
+                          initial=state["step"])
     metrics = (run_dir / "metrics.jsonl").open("a")
     started = time.perf_counter()
+    first = True
     try:
         while state["step"] < stop_at and not state["stopped_early"]:
             learner.train()
             episode = tasks.sample("train", config.train.meta_batch, generator)
-            assert episode.query_y is not None
-            loss = task_loss(learner(episode), episode.query_y, kind)
-            objective = loss
-            if config.gates.enabled and config.gates.sparsity:
-                cost: Tensor = learner.last_structure_cost  # type: ignore[assignment]
-                objective = loss + config.gates.sparsity * cost
+            if episode.query_y is None:
+                raise ValueError(f"task family {tasks.name!r} sampled training tasks without "
+                                 "query_y")
+            # the family's episodes are checked once per call; later steps skip the checks
+            # (each is a device sync)
+            out = learner.outputs(episode, validate=first)
+            first = False
+            loss = kind.loss(out.pred, episode.query_y)
+            objective = loss if out.extra_loss is None else loss + out.extra_loss
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(objective)
             if config.train.clip is not None:
@@ -170,24 +233,23 @@ def fit(config: RunConfig, run_dir: str | Path, *, target: nn.Module | None = No
             scheduler.step()
             state["step"] += 1
             step = state["step"]
-            bar.update(1)
+            logged: float | None = None
             if step % config.train.log_every == 0:
-                record = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0]}
+                logged = loss.item()
+                record = {"step": step, "loss": logged, "lr": scheduler.get_last_lr()[0]}
                 metrics.write(json.dumps(record) + "\n")
-                bar.set_postfix(loss=f"{record['loss']:.4f}", val=state["best_val"])
                 if writer is not None:
-                    writer.add_scalar("train/loss", record["loss"], step)
+                    writer.add_scalar("train/loss", logged, step)
+            for callback in callbacks:
+                callback.on_step(step, logged)
             if step % config.train.val_every == 0 or step == train_steps:
                 learner.eval()
-                result = evaluate(predictor(learner), val_set, kind, batch=config.eval.batch)
+                result = evaluate(learner, val_set, kind, batch=config.eval.batch)
                 metrics.write(json.dumps({"step": step, "val": result["mean"],
                                           "val_ci95": result["ci95"]}) + "\n")
                 if writer is not None:
                     writer.add_scalar("val/metric", result["mean"], step)
-                delta = config.train.min_delta
-                improved = state["best_val"] is None or (
-                    result["mean"] > state["best_val"] + delta if better
-                    else result["mean"] < state["best_val"] - delta)
+                improved = kind.better(result["mean"], state["best_val"], config.train.min_delta)
                 if improved:
                     state.update(best_val=result["mean"], best_step=step, bad_evals=0)
                 else:
@@ -200,9 +262,11 @@ def fit(config: RunConfig, run_dir: str | Path, *, target: nn.Module | None = No
                 if improved:
                     save(best)
                 save(last)
-                bar.set_postfix(loss=f"{loss.item():.4f}", val=f"{result['mean']:.4f}")
+                for callback in callbacks:
+                    callback.on_validate(step, result)
     finally:
-        bar.close()
+        for callback in callbacks:
+            callback.on_end()
         metrics.close()
         if writer is not None:
             writer.close()
@@ -232,7 +296,7 @@ def _tensorboard(run_dir: Path) -> Any:
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def _pretrain(learner: nn.Module, tasks: Any, config: RunConfig,
+def _pretrain(learner: Learner, tasks: Any, config: RunConfig,
               generator: torch.Generator) -> None:
     """Fit one network to the pooled training data, then start the learner from it."""
     from hypermeta.baselines import MAML
@@ -252,7 +316,7 @@ def _pretrain(learner: nn.Module, tasks: Any, config: RunConfig,
         params = spec.unflatten(flat.expand(episode.num_tasks, -1))  # one network for all
         x = torch.cat([episode.support_x, episode.query_x], dim=1)
         y = torch.cat([episode.support_y, episode.query_y], dim=1)
-        loss = task_loss(target(params, x), y, tasks.task_kind)
+        loss = tasks.kind.loss(target(params, x), y)
         optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
         optimizer.step()

@@ -1,32 +1,45 @@
-"""Task families and the registry ``name -> TaskSource`` (with its train/val/test splits)."""
+"""Task families, registered by name in ``hypermeta.TASK_FAMILIES`` (with train/val/test
+splits). A new family is one module here (or anywhere) and one ``TASK_FAMILIES.register``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
+from hypermeta.registry import TASK_FAMILIES
+from hypermeta.tasks import inputs  # noqa: F401  (registers the input decoders)
 from hypermeta.tasks.arrays import LabeledArrayTasks
 from hypermeta.tasks.base import SPLITS, FunctionTasks, Split, TaskSource, split_seed
+from hypermeta.tasks.folder import folder_tasks
 from hypermeta.tasks.linear import LinearTasks
 from hypermeta.tasks.mixed import MixedTasks
 from hypermeta.tasks.omniglot import omniglot_tasks
 from hypermeta.tasks.sinusoid import SinusoidTasks
+from hypermeta.tasks.table import table_tasks
 
-# name -> constructor of a TaskSource (a class, or a loader such as omniglot_tasks(data_dir=...,
-# ways=..., shots=..., queries=...), which finds its data through HYPERMETA_DATA by default)
-TASKS: dict[str, Callable[..., TaskSource]] = {"sinusoid": SinusoidTasks, "linear": LinearTasks,
-                                               "mixed": MixedTasks, "omniglot": omniglot_tasks}
+TASK_FAMILIES.register("sinusoid", SinusoidTasks)
+TASK_FAMILIES.register("linear", LinearTasks)
+TASK_FAMILIES.register("mixed", MixedTasks)
+TASK_FAMILIES.register("omniglot", omniglot_tasks)
+TASK_FAMILIES.register("folder", folder_tasks)
+TASK_FAMILIES.register("table", table_tasks)
 
 
 def get_tasks(name: str, **kwargs: Any) -> TaskSource:
-    """Build a registered task family, e.g. ``get_tasks("sinusoid", shots=5)``."""
-    if name not in TASKS:
-        raise ValueError(f"unknown task family {name!r}; registered: {sorted(TASKS)}")
+    """Build a registered task family, e.g. ``get_tasks("sinusoid", shots=5)``.
+
+    Raises ``UnknownNameError`` (a ``ValueError``) listing the registered names for an unknown
+    family, and ``TypeError`` for arguments the family does not take.
+    """
+    builder = TASK_FAMILIES.get(name)
     try:
-        return TASKS[name](**kwargs)
+        source = builder(**kwargs)
     except TypeError as err:
         raise TypeError(f"bad arguments for task family {name!r}: {err}") from None
+    if not isinstance(source, TaskSource):
+        raise TypeError(f"task family {name!r} built a {type(source).__name__}, not a "
+                        "TaskSource")
+    return source
 
 
-__all__ = ["SPLITS", "TASKS", "FunctionTasks", "LabeledArrayTasks", "LinearTasks", "MixedTasks",
-           "SinusoidTasks", "Split", "TaskSource", "get_tasks", "split_seed"]
+__all__ = ["SPLITS", "TASK_FAMILIES", "FunctionTasks", "LabeledArrayTasks", "LinearTasks",
+           "MixedTasks", "SinusoidTasks", "Split", "TaskSource", "get_tasks", "split_seed"]

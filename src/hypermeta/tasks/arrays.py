@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from hypermeta.episodes import Episode
+from hypermeta.kinds import get_kind
 from hypermeta.tasks.base import SPLITS, Split, TaskSource, check_split
 
 
@@ -30,19 +34,23 @@ class LabeledArrayTasks(TaskSource):
         seed: seed of that class permutation.
         name: family name (it also seeds the fixed evaluation episodes).
         x_scale: factor applied to sampled inputs (e.g. 1/255 for uint8 images).
+        provenance: digests of the data and class lists this source was built from
+            (``provenance()``; recorded in checkpoints). By default the sha256 of the class
+            split.
 
     A split may be empty (e.g. no validation classes when training on train+val); sampling from
     it is then an error.
     """
 
-    task_kind = "classification"
+    kind = get_kind("classification")
     default_eval_tasks = {"val": 200, "test": 600}
 
     def __init__(self, x: np.ndarray | Tensor, y: np.ndarray | Tensor, *, ways: int = 5,
                  shots: int = 1, queries: int = 15,
                  classes: Mapping[str, Sequence[int]] | None = None,
                  fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), seed: int = 0,
-                 name: str = "arrays", x_scale: float = 1.0) -> None:
+                 name: str = "arrays", x_scale: float = 1.0,
+                 provenance: Mapping[str, Any] | None = None) -> None:
         x_t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
         y_t = torch.as_tensor(np.asarray(y) if not isinstance(y, Tensor) else y)
         if y_t.dim() != 1 or y_t.is_floating_point() or y_t.shape[0] != x_t.shape[0]:
@@ -51,6 +59,7 @@ class LabeledArrayTasks(TaskSource):
         if x_t.is_floating_point() and not bool(torch.isfinite(x_t).all()):
             raise ValueError("x contains NaN or Inf")
         self.x_scale = x_scale
+        self._provenance = dict(provenance) if provenance is not None else None
         if min(ways, shots, queries) < 1:
             raise ValueError(f"ways, shots and queries must be >= 1; got {ways}, {shots}, "
                              f"{queries}")
@@ -122,7 +131,14 @@ class LabeledArrayTasks(TaskSource):
         def inputs(rows: Tensor) -> Tensor:
             return self.x[rows].float() * self.x_scale
 
-        return Episode(inputs(support_rows), support_y, inputs(query_rows), query_y)
+        return Episode(inputs(support_rows), support_y, inputs(query_rows), query_y,
+                       ways=self.ways)
+
+    def provenance(self) -> dict[str, Any]:
+        if self._provenance is not None:
+            return dict(self._provenance)
+        text = json.dumps({s: self.classes[s] for s in SPLITS}, sort_keys=True)
+        return {"classes_sha256": hashlib.sha256(text.encode()).hexdigest()}
 
     def config(self) -> dict[str, object]:
         return {"name": self.name, "ways": self.ways, "shots": self.shots,

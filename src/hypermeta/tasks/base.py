@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from hypermeta.encoders import stable_hash
 from hypermeta.episodes import Episode
+from hypermeta.kinds import TaskKind, get_kind
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -34,11 +35,22 @@ class TaskSource(abc.ABC):
 
     ``sample`` draws random tasks of a split with an explicit generator (meta-training);
     ``fixed_tasks`` returns the split's fixed evaluation set (same every call and process).
+
+    Attributes:
+        name: the family name (it also seeds the fixed evaluation sets).
+        kind: the ``TaskKind`` of its tasks (loss, metric, label form, JSON output).
+        x_shape: shape of one input example.
+        x_dtype: dtype of the inputs (``torch.long`` for ids or tokens).
+        input_format: the registered ``INPUT_DECODERS`` name that turns JSON request values
+            into inputs (``"numbers"``; ``"integers"`` for ids).
+        out_dim: regression target width, or the number of ways for class labels.
     """
 
     name: str
-    task_kind: Literal["regression", "classification"]
+    kind: TaskKind
     x_shape: tuple[int, ...]
+    x_dtype: torch.dtype = torch.float32
+    input_format: str = "numbers"
     out_dim: int  # regression target width, or the number of ways for classification
     shots: int
     queries: int
@@ -63,20 +75,28 @@ class TaskSource(abc.ABC):
         return self.sample(split, count, generator)
 
     def support_episode(self, x: Tensor, y: Tensor) -> Episode:
-        """One task whose support set is ``x [S, *x_shape]``, ``y [S]`` (class labels) or
-        ``[S]``/``[S, out_dim]`` (regression), in this family's dtypes (for generation)."""
-        x = x.float()
-        y = y.long() if self.task_kind == "classification" else y.float()
-        if self.task_kind == "regression" and y.dim() == 1:
-            y = y[:, None]
+        """One task whose support set is ``x [S, *x_shape]`` and ``y`` in the kind's label
+        form (``[S]`` class labels; ``[S]``/``[S, out_dim]`` values), converted to this
+        family's dtypes (for generation). Labels the kind refuses raise ``ValueError``."""
+        problems = self.kind.label_problems(y, self.out_dim)
+        if problems:
+            raise ValueError("support labels: " + "; ".join(problems))
+        x = x.to(self.x_dtype)
+        y = self.kind.labels(y, self.out_dim)
         return Episode(x[None], y[None], x[None, :1])
 
     def descriptor_episode(self, descriptor: Tensor | list[str]) -> Episode:
         """One task given by its descriptor alone (an empty support set of the right shapes)."""
-        empty_y = (torch.zeros(1, 0, dtype=torch.long) if self.task_kind == "classification"
-                   else torch.zeros(1, 0, self.out_dim))
-        return Episode(torch.zeros(1, 0, *self.x_shape), empty_y,
-                       torch.zeros(1, 1, *self.x_shape), descriptor=descriptor)
+        return Episode(torch.zeros(1, 0, *self.x_shape, dtype=self.x_dtype),
+                       self.kind.empty_labels(1, self.out_dim),
+                       torch.zeros(1, 1, *self.x_shape, dtype=self.x_dtype),
+                       descriptor=descriptor)
+
+    def provenance(self) -> dict[str, Any]:
+        """What decides which data this family reads — data files and class lists with their
+        sha256 digests — recorded in every checkpoint; ``eval`` on a source whose provenance
+        differs is refused unless asked for. Generated families (sinusoid, ...) have none."""
+        return {}
 
     def config(self) -> dict[str, object]:
         """The JSON-able arguments that rebuild this source via ``get_tasks``."""
@@ -90,7 +110,7 @@ class FunctionTasks(TaskSource):
     ``eval_queries`` query points each. The descriptor of each task is its true theta.
     """
 
-    task_kind = "regression"
+    kind = get_kind("regression")
     x_shape = (1,)
     out_dim = 1
 

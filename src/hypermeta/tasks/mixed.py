@@ -1,6 +1,6 @@
-"""Regression tasks of graded difficulty, each task's kind hidden from the model.
+"""Regression tasks of graded difficulty, each task's function hidden from the model.
 
-Kinds, easiest first (the difficulty rank): 0 constant, 1 line, 2 low-frequency sinusoid,
+Functions, easiest first (the difficulty rank): 0 constant, 1 line, 2 low-frequency sinusoid,
 3 high-frequency sinusoid, 4 sum of a low- and a high-frequency sinusoid. ``x ~ U[-5, 5]``.
 The descriptor is ``[kind, theta...]`` (for grouping results; support-set models never read it).
 """
@@ -12,19 +12,20 @@ from torch import Tensor
 
 from hypermeta.tasks.base import PI, FunctionTasks, uniform
 
-KINDS = ("constant", "line", "low_sine", "high_sine", "sine_sum")
+FUNCTIONS = ("constant", "line", "low_sine", "high_sine", "sine_sum")
 
 
 class MixedTasks(FunctionTasks):
     """Tasks drawn uniformly over the five kinds; descriptor ``[T, 7]`` = kind, 6 parameters."""
 
     name = "mixed"
+    functions = FUNCTIONS  # the function families, easiest first (the descriptor's first entry)
 
     def __init__(self, *, shots: int = 20, queries: int = 20, eval_queries: int = 100) -> None:
         super().__init__(shots=shots, queries=queries, eval_queries=eval_queries)
 
     def draw_theta(self, num_tasks: int, generator: torch.Generator) -> Tensor:
-        kind = torch.randint(0, len(KINDS), (num_tasks, 1), generator=generator).float()
+        kind = torch.randint(0, len(FUNCTIONS), (num_tasks, 1), generator=generator).float()
         amp1 = uniform(1.0, 3.0, (num_tasks, 1), generator)
         freq1 = uniform(0.3, 0.7, (num_tasks, 1), generator)  # low frequency
         phase1 = uniform(0.0, 2 * PI, (num_tasks, 1), generator)

@@ -7,12 +7,14 @@ may be the one holding ``omniglot/`` or ``omniglot/`` itself.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -95,33 +97,86 @@ def load_omniglot(data_dir: str | Path | None = None, *, size: Literal[28, 105] 
     return OmniglotArrays(images, arrays["alphabet"], arrays["character"], label)
 
 
-def read_split(data_dir: str | Path | None, name: str) -> list[str]:
-    """Lines ``Alphabet/characterNN/rotDDD`` of ``splits/vinyals/{name}.txt``."""
-    path = omniglot_dir(data_dir) / "splits" / "vinyals" / f"{name}.txt"
-    if not path.is_file():
-        raise FileNotFoundError(f"split list {path} is missing")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+def split_file(data_dir: str | Path | None, name: str, splits: str = "vinyals") -> Path:
+    """``splits/{splits}/{name}.txt`` in the Omniglot folder."""
+    return omniglot_dir(data_dir) / "splits" / splits / f"{name}.txt"
 
 
-def omniglot_tasks(data_dir: str | Path | None = None, *, ways: int = 5, shots: int = 1,
+def read_split(data_dir: str | Path | None, name: str, splits: str = "vinyals", *,
+               path: str | Path | None = None) -> list[str]:
+    """Lines ``Alphabet/characterNN/rotDDD`` of ``splits/{splits}/{name}.txt`` (or ``path``)."""
+    file = Path(path) if path is not None else split_file(data_dir, name, splits)
+    if not file.is_file():
+        raise FileNotFoundError(f"split list {file} is missing")
+    return [line.strip() for line in file.read_text().splitlines() if line.strip()]
+
+
+def sha256_file(path: str | Path) -> str:
+    """sha256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_lines(lines: list[str]) -> str:
+    """sha256 of a class list (one name per line, in order)."""
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def omniglot_tasks(data_dir: str | None = None, *, ways: int = 5, shots: int = 1,
                    queries: int = 15, train_on: Literal["train", "trainval"] = "train",
-                   binarize: bool = False) -> LabeledArrayTasks:
+                   binarize: bool = False, splits: str = "vinyals",
+                   class_lists: dict[str, str] | None = None,
+                   alphabets: list[str] | None = None) -> LabeledArrayTasks:
     """N-way K-shot Omniglot episodes on the Vinyals et al. (2016) protocol.
 
     Classes are (character, rotation) pairs: each character's 0/90/180/270 degree rotations are
     four classes. ``train`` = the 1028 train characters (x4), ``val`` = 172, ``test`` = 423;
     ``train_on="trainval"`` trains on all 1200 (then there is no separate val split). Images are
     1x28x28 floats in [0, 1], ink = 1.
+
+    Arguments:
+        data_dir: the folder holding ``omniglot/`` (default ``$HYPERMETA_DATA``).
+        ways, shots, queries: N, K and the query images per class.
+        train_on: ``"train"`` or ``"trainval"`` (the list the train split reads).
+        binarize: threshold the grey images at 128.
+        splits: the folder of class lists under ``omniglot/splits/`` (``"vinyals"``).
+        class_lists: explicit list files ``{"train": path, "val": path, "test": path}``
+            replacing those of ``splits`` (a split left out reads its ``splits`` list).
+        alphabets: keep only classes of these alphabets, in every split.
+
+    The data file's and every class list's sha256 are the source's ``provenance()``, recorded
+    in checkpoints so that evaluating against other data is refused.
     """
     if train_on not in ("train", "trainval"):
         raise ValueError(f"train_on must be 'train' or 'trainval', got {train_on!r}")
+    explicit: Mapping[str, str] = class_lists or {}
+    unknown = sorted(set(explicit) - {"train", "val", "test"})
+    if unknown:
+        raise ValueError(f"class_lists takes the splits train, val and test; got {unknown}")
     arrays = load_omniglot(data_dir, binarize=binarize)
     rows_of = {f"{a}/character{c:02d}": np.flatnonzero(arrays.label == label)
                for a, c, label in zip(arrays.alphabet[::20], arrays.character[::20],
                                       arrays.label[::20])}
-    lists = {"train": read_split(data_dir, train_on),
-             "val": [] if train_on == "trainval" else read_split(data_dir, "val"),
-             "test": read_split(data_dir, "test")}
+    files = {"train": train_on, "val": "val", "test": "test"}
+    lists = {split: read_split(data_dir, name, splits, path=explicit.get(split))
+             for split, name in files.items()
+             if not (split == "val" and train_on == "trainval" and "val" not in explicit)}
+    lists.setdefault("val", [])
+    if alphabets is not None:
+        known = {str(a) for a in arrays.alphabet}
+        missing = sorted(set(alphabets) - known)
+        if missing:
+            raise ValueError(f"alphabets {missing} are not in Omniglot")
+        keep = set(alphabets)
+        lists = {split: [line for line in lines if line.split("/")[0] in keep]
+                 for split, lines in lists.items()}
+    provenance: dict[str, Any] = {
+        "data_sha256": sha256_file(omniglot_dir(data_dir) / FILES[28]),
+        "classes_sha256": {split: sha256_lines(lines) for split, lines in lists.items()},
+    }
     images: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     classes: dict[str, list[int]] = {}
@@ -138,8 +193,10 @@ def omniglot_tasks(data_dir: str | Path | None = None, *, ways: int = 5, shots: 
             ids.append(class_id)
         classes[split] = ids
     x = np.concatenate(images)[:, None]  # (classes * 20, 1, 28, 28) uint8
-    return LabeledArrayTasks(x, np.concatenate(labels), ways=ways, shots=shots, queries=queries,
-                             classes=classes, name="omniglot", x_scale=1 / 255)
+    source = LabeledArrayTasks(x, np.concatenate(labels), ways=ways, shots=shots,
+                               queries=queries, classes=classes, name="omniglot",
+                               x_scale=1 / 255, provenance=provenance)
+    return source
 
 
 # ------------------------------------------------------------------- building the npz

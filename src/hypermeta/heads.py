@@ -1,0 +1,130 @@
+"""Per-class heads: a classifier generated one row per class, so the way count is free.
+
+``ClassHead`` generates the rows from the support features; ``PerClassHead`` is the part
+(``hypermeta.parts``) that makes a target's final ``nn.Linear`` take them
+(``FunctionalTarget(..., class_head="head")``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from hypermeta.parts import Part, register_placeholder
+from hypermeta.spec import Params, ParamSpec
+
+
+def class_means(features: Tensor, labels: Tensor, ways: int,
+                mask: Tensor | None = None) -> Tensor:
+    """Mean support feature of each class: ``[T, S, D]``, labels ``[T, S]`` -> ``[T, ways, D]``
+    (padded support examples, ``mask`` False, are left out)."""
+    onehot = torch.nn.functional.one_hot(labels.long(), ways).to(features.dtype)  # (T, S, N)
+    if mask is not None:
+        onehot = onehot * mask.to(features.dtype)[..., None]
+    counts = onehot.sum(1).clamp_min(1.0)[..., None]  # (T, N, 1)
+    return onehot.transpose(1, 2) @ features / counts
+
+
+class ClassHead(nn.Module):
+    """Generates a classifier head one class at a time, so the number of ways is free.
+
+    Class ``c``'s weight row and bias come from the mean feature ``mu_c`` of its support
+    examples (and the mean over all classes, the task context), as in "Few-shot image
+    recognition by predicting parameters from activations" (Qiao et al., CVPR 2018) and the
+    CNAPs classifier (Requeima et al., NeurIPS 2019). It starts as the prototypical-network
+    head ``w_c = 2 mu_c``, ``b_c = -|mu_c|^2`` (softmax-equal to negative squared Euclidean
+    distances, Snell et al. 2017) and learns a correction from a zero-initialised MLP.
+
+    Arguments:
+        feature_dim: width ``D`` of the features the head reads.
+        hidden: width of the correction MLP.
+
+    Example:
+        >>> head = ClassHead(64)
+        >>> weight, bias = head(torch.randn(2, 10, 64), torch.arange(5).repeat(2, 2), ways=5)
+        >>> weight.shape, bias.shape
+        (torch.Size([2, 5, 64]), torch.Size([2, 5]))
+    """
+
+    def __init__(self, feature_dim: int, hidden: int = 256) -> None:
+        super().__init__()
+        if feature_dim < 1 or hidden < 1:
+            raise ValueError(f"feature_dim and hidden must be >= 1; got {feature_dim}, {hidden}")
+        self.feature_dim = feature_dim
+        last = nn.Linear(hidden, feature_dim + 1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.correction = nn.Sequential(nn.Linear(2 * feature_dim, hidden), nn.ReLU(), last)
+
+    def forward(self, features: Tensor, labels: Tensor, ways: int,
+                mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Support ``features [T, S, D]`` and integer ``labels [T, S]`` in ``0..ways-1`` ->
+        ``(weight [T, ways, D], bias [T, ways])``."""
+        if features.dim() != 3 or features.shape[-1] != self.feature_dim:
+            raise ValueError(f"features must have shape [T, S, {self.feature_dim}], got "
+                             f"{list(features.shape)}")
+        mu = class_means(features, labels, ways, mask)  # (T, N, D)
+        context = mu.mean(1, keepdim=True).expand_as(mu)
+        delta = self.correction(torch.cat([mu, context], dim=-1))  # (T, N, D + 1)
+        weight = 2 * mu + delta[..., :-1]
+        bias = -(mu * mu).sum(-1) + delta[..., -1]
+        return weight, bias
+
+
+class PerClassHead(Part):
+    """A target's final ``nn.Linear`` with one generated row per class (``class_head=`` of a
+    target): its params are ``weight [T, N, D]`` and ``bias [T, N]`` for any N, so they are
+    ``free_names``, never spec rows.
+
+    Arguments:
+        module_name: the name of the ``nn.Linear`` (with a bias) in the target's module.
+    """
+
+    def __init__(self, module_name: str) -> None:
+        super().__init__()
+        self.module_name = module_name
+        self.feature_dim = 0  # D, the width the head reads; set by install
+        prefix = f"{module_name}." if module_name else ""
+        self.names = (prefix + "weight", prefix + "bias")
+
+    def install(self, module: nn.Module) -> ParamSpec:
+        try:
+            head = module.get_submodule(self.module_name)
+        except AttributeError:
+            raise ValueError(f"class_head={self.module_name!r} names no submodule of "
+                             f"{type(module).__name__}") from None
+        if not isinstance(head, nn.Linear) or head.bias is None:
+            raise ValueError(f"class_head={self.module_name!r} must be an nn.Linear with a bias; "
+                             f"got {type(head).__name__}")
+        self.feature_dim = head.in_features
+        for leaf in ("weight", "bias"):
+            register_placeholder(head, leaf)
+        return ParamSpec((), (), (), (), ())
+
+    @property
+    def free_names(self) -> tuple[str, ...]:
+        return self.names
+
+    def check(self, params: Params, num_tasks: int) -> None:
+        weight, bias = (tuple(params[n].shape) for n in self.names)
+        if len(weight) != 3 or weight[0] != num_tasks or weight[2] != self.feature_dim \
+                or bias != weight[:2]:
+            raise ValueError(f"class head params must be {self.names[0]} [T, N, "
+                             f"{self.feature_dim}] and {self.names[1]} [T, N] with T = "
+                             f"{num_tasks}; got {list(weight)} and {list(bias)}")
+
+    def merge(self, module: nn.Module, params: Params) -> nn.Module:
+        """Put a plain ``nn.Linear`` with one row per class in the head's place."""
+        missing = [n for n in self.names if n not in params]
+        if missing:
+            raise KeyError(f"params lack the class head {missing}")
+        weight, bias = (params[n] for n in self.names)
+        if weight.dim() != 2 or tuple(bias.shape) != tuple(weight.shape[:1]):
+            raise ValueError(f"materialize takes ONE task's class head, [N, D] and [N]; "
+                             f"got {list(weight.shape)} and {list(bias.shape)}")
+        head = nn.Linear(weight.shape[1], weight.shape[0]).to(weight)
+        head.weight.copy_(weight)
+        head.bias.copy_(bias)
+        owner_name, _, leaf = self.module_name.rpartition(".")
+        setattr(module.get_submodule(owner_name), leaf, head)
+        return module

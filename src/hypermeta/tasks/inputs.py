@@ -1,0 +1,112 @@
+"""Input decoders: JSON values from a request -> one task's model inputs, strictly typed.
+
+A task family names its decoder in ``TaskSource.input_format``; the server (and any other
+front end) looks it up in ``INPUT_DECODERS``. A decoder is ``decode(values, source, name)``
+returning ``[N, *source.x_shape]`` in ``source.x_dtype``, and raises ``ValueError`` naming
+``name`` and what is wrong. Registering a new format is one ``INPUT_DECODERS.register``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hypermeta.registry import INPUT_DECODERS
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _rows(values: Any, name: str) -> list[Any]:
+    if not isinstance(values, list):
+        raise ValueError(f"{name} must be a JSON array of examples, got {type(values).__name__}")
+    if not values:
+        raise ValueError(f"{name} is empty")
+    return values
+
+
+def _check_leaves(values: Any, shape: tuple[int, ...], name: str, *, integer: bool) -> None:
+    """Every row has ``shape`` and every leaf is a JSON number (int for ``integer``), never a
+    string or a boolean (no silent coercion)."""
+    stack: list[tuple[Any, int, str]] = [(row, 0, f"{name}[{i}]") for i, row in enumerate(values)]
+    while stack:
+        value, depth, where = stack.pop()
+        if depth < len(shape):
+            if not isinstance(value, list) or len(value) != shape[depth]:
+                expected = "[" + ", ".join(map(str, shape[depth:])) + "]"
+                raise ValueError(f"{where} must be an array of shape {expected}")
+            stack.extend((v, depth + 1, f"{where}[{j}]") for j, v in enumerate(value))
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where} must be a number, got {type(value).__name__}")
+        if integer and not isinstance(value, int):
+            raise ValueError(f"{where} must be an integer id, got {value!r}")
+        if not integer and not math.isfinite(value):
+            raise ValueError(f"{where} is NaN or Inf")
+
+
+@INPUT_DECODERS.register("numbers")
+def decode_numbers(values: Any, source: Any, name: str) -> Tensor:
+    """Real-valued inputs: nested arrays of numbers of shape ``[N, *x_shape]``, each finite in
+    float32 (a JSON number such as 1e300 that overflows float32 is refused, not made inf)."""
+    rows = _rows(values, name)
+    shape = tuple(source.x_shape)
+    _check_leaves(rows, shape, name, integer=False)
+    data = np.asarray(rows, dtype=np.float64)
+    if data.size and float(np.abs(data).max()) > FLOAT32_MAX:
+        raise ValueError(f"{name} holds a value beyond the float32 range (±{FLOAT32_MAX:.3g})")
+    return torch.as_tensor(data, dtype=source.x_dtype)
+
+
+@INPUT_DECODERS.register("integers")
+def decode_integers(values: Any, source: Any, name: str) -> Tensor:
+    """Integer inputs (item ids, token ids, actions): arrays of JSON integers of shape
+    ``[N, *x_shape]``, each in ``0..source.vocab_size - 1`` when the family declares one."""
+    rows = _rows(values, name)
+    _check_leaves(rows, tuple(source.x_shape), name, integer=True)
+    data = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+    vocab = getattr(source, "vocab_size", None)
+    if data.numel() and (int(data.min()) < 0 or (vocab is not None and int(data.max()) >= vocab)):
+        upper = "" if vocab is None else f"..{vocab - 1}"
+        raise ValueError(f"{name} ids must lie in 0{upper}")
+    return data.to(source.x_dtype)
+
+
+@INPUT_DECODERS.register("text")
+def decode_text(values: Any, source: Any, name: str) -> Tensor:
+    """Text inputs: a JSON array of strings, turned into inputs by the family's
+    ``encode_text(list[str]) -> Tensor`` (its tokenizer or sentence embedding)."""
+    rows = _rows(values, name)
+    bad = [i for i, v in enumerate(rows) if not isinstance(v, str)]
+    if bad:
+        raise ValueError(f"{name}[{bad[0]}] must be a string")
+    encode = getattr(source, "encode_text", None)
+    if encode is None:
+        raise ValueError(f"task family {source.name!r} declares text inputs but has no "
+                         "encode_text method")
+    out: Tensor = encode(rows)
+    return out
+
+
+def decode_labels(values: Any, source: Any, name: str) -> Tensor:
+    """Support labels in the family's kind: class ids ``[S]`` (integers in range) or values
+    ``[S]``/``[S, out_dim]`` (finite in float32)."""
+    rows = _rows(values, name)
+    kind = source.kind
+    if kind.uses_classes:
+        _check_leaves(rows, (), name, integer=True)
+        y = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+    else:
+        width = () if source.out_dim == 1 and not isinstance(rows[0], list) else (source.out_dim,)
+        _check_leaves(rows, width, name, integer=False)
+        data = np.asarray(rows, dtype=np.float64)
+        if data.size and float(np.abs(data).max()) > FLOAT32_MAX:
+            raise ValueError(f"{name} holds a value beyond the float32 range")
+        y = torch.as_tensor(data, dtype=torch.float32)
+    problems = kind.label_problems(y, source.out_dim)
+    if problems:
+        raise ValueError(f"{name}: " + "; ".join(problems))
+    return y
