@@ -79,7 +79,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (see README)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     print(f"{'descriptor':<22}{'hypernet MSE':>14}{'lstsq MSE':>12}{'ratio':>8}{'train s':>9}")
     for descriptor, label in (("support", "support set (K=10)"), ("features", "vector (a, b)")):
         r = run(descriptor, steps=args.steps, seed=args.seed)

@@ -68,7 +68,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: small models run fastest, and a busy machine "
+                             "does not slow them down; see README)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     rows, models = [], {}
     for shots in (5, 10):
         for method in ("hypernet", "maml"):

@@ -1,7 +1,18 @@
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+# One intra-op thread for the suite and every process it starts (CLI and server tests): the
+# models here are tiny, and with another CPU-bound process on the machine, torch's spinning
+# threads would otherwise fight it and slow the suite many times over. No test here measures
+# threading.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

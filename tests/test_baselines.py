@@ -94,3 +94,17 @@ def test_summary_confidence_interval():
     out = summarize(values)
     assert out["mean"] == 2.5 and out["tasks"] == 4
     assert abs(out["ci95"] - 1.96 * values.std().item() / 2) < 1e-12
+
+
+def test_a_diverging_task_keeps_its_last_finite_parameters_and_others_are_unaffected():
+    target = FunctionalTarget(nn.Linear(1, 1)).double()
+    params = {"weight": torch.ones(2, 1, 1, dtype=torch.float64),
+              "bias": torch.zeros(2, 1, dtype=torch.float64)}
+    x = torch.tensor([[[1.0]], [[1e200]]], dtype=torch.float64)  # task 1: its loss overflows
+    episode = Episode(x, torch.zeros(2, 1, 1, dtype=torch.float64), x)
+    tuned = adapt(target, params, episode, REGRESSION, steps=3, lr=0.1)
+    assert all(bool(torch.isfinite(v).all()) for v in tuned.values())
+    torch.testing.assert_close(tuned["weight"][1], params["weight"][1])  # never stepped
+    alone = adapt(target, {k: v[:1] for k, v in params.items()}, episode.task(0), REGRESSION,
+                  steps=3, lr=0.1)
+    torch.testing.assert_close(tuned["weight"][:1], alone["weight"])

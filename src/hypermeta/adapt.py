@@ -27,6 +27,9 @@ def adapt(target: FunctionalTarget, params: Params, episode: Episode, kind: Task
         episode: supplies ``support_x``/``support_y``.
         kind: the task kind whose ``per_task_loss`` is minimised.
         steps, lr: number and size of the steps; deterministic (no sampling).
+
+    A task whose step would leave a non-finite value (diverging SGD) keeps its last finite
+    parameters from then on; the others are unaffected.
     """
     if steps == 0:
         return params
@@ -38,5 +41,15 @@ def adapt(target: FunctionalTarget, params: Params, episode: Episode, kind: Task
             loss = kind.per_task_loss(target(current, episode.support_x),
                                       episode.support_y).sum()
             grads = torch.autograd.grad(loss, list(current.values()), create_graph=create_graph)
-            current = {n: p - lr * g for (n, p), g in zip(current.items(), grads)}
+            stepped = {n: p - lr * g for (n, p), g in zip(current.items(), grads)}
+            current = _keep_finite(stepped, current)
     return current
+
+
+def _keep_finite(stepped: Params, current: Params) -> Params:
+    """A task whose step left NaN/Inf anywhere (SGD diverging on extreme support values)
+    keeps its last finite parameters; other tasks take the step. No device sync."""
+    ok = torch.stack([torch.isfinite(p.reshape(p.shape[0], -1)).all(1)
+                      for p in stepped.values()]).all(0)  # (T,)
+    return {n: torch.where(ok.reshape(-1, *[1] * (p.dim() - 1)), p, current[n])
+            for n, p in stepped.items()}

@@ -72,13 +72,18 @@ def train(
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps in this "
                                                   "call; rerun to resume.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    threads: Annotated[int | None, typer.Option(help="torch threads for this run (same as "
+                                                "--set threads=N; see README).")] = None,
 ) -> None:
     """Meta-train a hypernetwork or a baseline; resumes an interrupted run in the same folder."""
     from hypermeta.config import RunConfig
     from hypermeta.progress import ProgressBar
     from hypermeta.train import fit
 
-    run_config = RunConfig.from_file(config, set_ or [])
+    if max_steps is not None and max_steps < 0:
+        raise ValueError(f"--max-steps must be >= 0, got {max_steps}")
+    overrides = [*(set_ or []), *([f"threads={threads}"] if threads is not None else [])]
+    run_config = RunConfig.from_file(config, overrides)
     run_dir = out or Path("runs") / config.stem
     result = fit(run_config, run_dir, max_steps=max_steps,
                  callbacks=[ProgressBar()] if progress else [])
@@ -239,6 +244,8 @@ def serve(
     cache_size: Annotated[int, typer.Option(help="Generated networks kept in memory.")] = 128,
     max_body_bytes: Annotated[int, typer.Option(help="Larger bodies get 413.")] = 1_000_000,
     max_rows: Annotated[int, typer.Option(help="Most rows per support set or batch.")] = 10_000,
+    max_abs_value: Annotated[float, typer.Option(
+        help="Largest magnitude of a numeric request value (422 beyond).")] = 1e6,
     token: Annotated[str | None, typer.Option(envvar="HYPERMETA_TOKEN",
                                               help="Bearer token required on every route but "
                                               "/healthz (or set HYPERMETA_TOKEN).")] = None,
@@ -269,7 +276,7 @@ def serve(
                          "in 1..65535")
     api = create_app(run_dir, state_dir=state_dir, cache_size=cache_size,
                      max_body_bytes=max_body_bytes, max_rows=max_rows, token=token,
-                     allow_data_change=allow_data_change)
+                     allow_data_change=allow_data_change, max_abs_value=max_abs_value)
     uvicorn.run(api, host=host, port=port, log_level="warning")
 
 

@@ -64,7 +64,7 @@ def signature_model(builder: Callable[..., Any]) -> type[BaseModel]:
     """
     target = builder.__init__ if inspect.isclass(builder) else builder
     try:
-        hints = typing.get_type_hints(target)
+        hints = typing.get_type_hints(target, include_extras=True)  # keep Annotated limits
     except Exception:  # unresolvable annotations: check names, not types
         hints = {}
     fields: dict[str, Any] = {}

@@ -9,10 +9,11 @@ from __future__ import annotations
 import hashlib
 import importlib
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import AllowInfNan, Field, PositiveInt, StrictFloat, StrictInt, StrictStr
 from torch import Tensor, nn
 
 from hypermeta.episodes import Descriptor, Episode
@@ -20,6 +21,15 @@ from hypermeta.registry import ENCODERS, BuildContext
 
 DescriptorValue = str | int | float | list[float]
 """One task's descriptor as it arrives from outside: a CLI string or a JSON value."""
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def finite_number(limit: float = FLOAT32_MAX) -> Any:
+    """The schema of a numeric request value: a JSON number (never a string or a boolean),
+    finite, with magnitude at most ``limit`` (at most the float32 range)."""
+    bound = min(float(limit), FLOAT32_MAX)
+    return (Annotated[StrictFloat, AllowInfNan(False), Field(ge=-bound, le=bound)]
+            | Annotated[StrictInt, Field(ge=-int(bound), le=int(bound))])
 
 
 class _Encoder(nn.Module):
@@ -35,6 +45,12 @@ class _Encoder(nn.Module):
         the server both call this."""
         raise ValueError(f"{type(self).__name__} reads the task's support set, not a "
                          "descriptor: send a support set instead")
+
+    def descriptor_schema(self, limit: float = FLOAT32_MAX) -> Any:
+        """The JSON form of one task's descriptor as a type annotation (pydantic types), for
+        the server's OpenAPI document (numbers at most ``limit`` in magnitude); ``None`` when
+        this encoder takes no descriptor."""
+        return None
 
 
 def _mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
@@ -70,6 +86,9 @@ class TaskEmbedding(_Encoder):
             return [f"unknown task ids {bad} in descriptor; TaskEmbedding knows ids "
                     f"0..{self.num_tasks - 1}"]
         return []
+
+    def descriptor_schema(self, limit: float = FLOAT32_MAX) -> Any:
+        return Annotated[StrictInt, Field(ge=0, le=self.num_tasks - 1)]
 
     def parse_descriptor(self, value: DescriptorValue) -> Descriptor:
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
@@ -133,6 +152,9 @@ class HashedLabelEncoder(_Encoder):
     def parse_descriptor(self, value: DescriptorValue) -> Descriptor:
         return _parse_string(value, "HashedLabelEncoder")
 
+    def descriptor_schema(self, limit: float = FLOAT32_MAX) -> Any:
+        return Annotated[StrictStr, Field(min_length=1, pattern=r"\S")]
+
     def forward(self, episode: Episode) -> Tensor:
         labels = episode.descriptor
         assert isinstance(labels, (list, tuple))
@@ -179,6 +201,10 @@ class FeatureEncoder(_Encoder):
         if not d.is_floating_point():
             return [f"descriptor must be floating point for FeatureEncoder; got {d.dtype}"]
         return []
+
+    def descriptor_schema(self, limit: float = FLOAT32_MAX) -> Any:
+        return Annotated[list[finite_number(limit)],  # type: ignore[misc]
+                         Field(min_length=self.in_dim, max_length=self.in_dim)]
 
     def parse_descriptor(self, value: DescriptorValue) -> Descriptor:
         items: Any = value.split(",") if isinstance(value, str) else value
@@ -255,6 +281,9 @@ class TextEncoder(_Encoder):
 
     def parse_descriptor(self, value: DescriptorValue) -> Descriptor:
         return _parse_string(value, "TextEncoder")
+
+    def descriptor_schema(self, limit: float = FLOAT32_MAX) -> Any:
+        return Annotated[StrictStr, Field(min_length=1, pattern=r"\S")]
 
     def forward(self, episode: Episode) -> Tensor:
         texts = episode.descriptor
@@ -349,10 +378,11 @@ class SetEncoder(_Encoder):
 # Each takes the BuildContext positionally and its config keywords; the signature types the
 # config section ``encoder: {kind: NAME, ...}``.
 @ENCODERS.register("set")
-def build_set_encoder(ctx: BuildContext, /, *, dim: int = 64, hidden: int = 128,
+def build_set_encoder(ctx: BuildContext, /, *, dim: PositiveInt = 64,
+                      hidden: PositiveInt = 128,
                       pooling: Literal["mean", "attention"] = "mean",
                       x_encoder: Literal["none", "conv4", "embedding"] = "none",
-                      embedding_dim: int = 16) -> SetEncoder:
+                      embedding_dim: PositiveInt = 16) -> SetEncoder:
     """The support set is the descriptor (``SetEncoder``); ``x_encoder: conv4`` embeds image
     inputs ``[C, H, W]`` with a conv-4 trunk trained with the encoder; ``x_encoder: embedding``
     embeds integer inputs (ids, tokens: the family's ``vocab_size``) with a learned table of
@@ -385,7 +415,8 @@ def build_set_encoder(ctx: BuildContext, /, *, dim: int = 64, hidden: int = 128,
 
 
 @ENCODERS.register("task_id")
-def build_task_embedding(ctx: BuildContext, /, *, num_tasks: int, dim: int = 64) -> TaskEmbedding:
+def build_task_embedding(ctx: BuildContext, /, *, num_tasks: PositiveInt,
+                         dim: PositiveInt = 64) -> TaskEmbedding:
     """A learned vector per integer task id ``0..num_tasks-1``."""
     if num_tasks < 1 or dim < 1:
         raise ValueError(f"encoder: num_tasks and dim must be >= 1; got {num_tasks}, {dim}")
@@ -393,8 +424,8 @@ def build_task_embedding(ctx: BuildContext, /, *, num_tasks: int, dim: int = 64)
 
 
 @ENCODERS.register("hashed")
-def build_hashed_encoder(ctx: BuildContext, /, *, dim: int = 64,
-                         buckets: int = 4096) -> HashedLabelEncoder:
+def build_hashed_encoder(ctx: BuildContext, /, *, dim: PositiveInt = 64,
+                         buckets: PositiveInt = 4096) -> HashedLabelEncoder:
     """A stable hash of a label string into ``buckets`` learned rows."""
     if buckets < 1 or dim < 1:
         raise ValueError(f"encoder: buckets and dim must be >= 1; got {buckets}, {dim}")
@@ -402,8 +433,9 @@ def build_hashed_encoder(ctx: BuildContext, /, *, dim: int = 64,
 
 
 @ENCODERS.register("features")
-def build_feature_encoder(ctx: BuildContext, /, *, in_dim: int, dim: int = 64,
-                          hidden: int = 128) -> FeatureEncoder:
+def build_feature_encoder(ctx: BuildContext, /, *, in_dim: PositiveInt,
+                          dim: PositiveInt = 64,
+                          hidden: PositiveInt = 128) -> FeatureEncoder:
     """A given descriptor vector of width ``in_dim``."""
     if min(in_dim, dim, hidden) < 1:
         raise ValueError(f"encoder: in_dim, dim and hidden must be >= 1; got {in_dim}, {dim}, "
@@ -412,6 +444,6 @@ def build_feature_encoder(ctx: BuildContext, /, *, in_dim: int, dim: int = 64,
 
 
 @ENCODERS.register("text")
-def build_text_encoder(ctx: BuildContext, /, *, dim: int = 64) -> TextEncoder:
+def build_text_encoder(ctx: BuildContext, /, *, dim: PositiveInt = 64) -> TextEncoder:
     """A text description, embedded by the offline MiniLM sentence model (``text`` extra)."""
     return TextEncoder(dim)

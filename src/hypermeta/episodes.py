@@ -46,20 +46,27 @@ class Episode:
     def num_tasks(self) -> int:
         return int(self.query_x.shape[0])
 
-    def to(self, device: torch.device | str) -> Episode:
-        """A copy with every tensor on ``device`` (strings stay as they are); self when every
-        tensor is there already."""
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Episode:
+        """A copy with every tensor on ``device`` (strings stay as they are), and floating
+        tensors cast to ``dtype`` when given (integer labels and ids keep theirs); self when
+        nothing changes."""
         device = torch.device(device)
-        if all(v.device == device for v in (self.support_x, self.support_y, self.query_x,
-                                              self.query_y, self.descriptor, self.support_mask)
-               if isinstance(v, Tensor)):
+
+        def moved(v: Tensor) -> Tensor:
+            cast = dtype if dtype is not None and v.is_floating_point() else v.dtype
+            return v.to(device=device, dtype=cast)
+
+        tensors = [v for v in (self.support_x, self.support_y, self.query_x, self.query_y,
+                               self.descriptor, self.support_mask) if isinstance(v, Tensor)]
+        if all(v.device == device and (dtype is None or not v.is_floating_point()
+                                       or v.dtype == dtype) for v in tensors):
             return self
-        moved: dict[str, Any] = {
-            f.name: (v.to(device) if isinstance(v, Tensor) else v)
+        values: dict[str, Any] = {
+            f.name: (moved(v) if isinstance(v, Tensor) else v)
             for f in fields(self)
             for v in [getattr(self, f.name)]
         }
-        return Episode(**moved)
+        return Episode(**values)
 
     def task(self, index: int) -> Episode:
         """The sub-episode holding only task ``index`` (task dimension kept, of size 1)."""
@@ -102,6 +109,8 @@ class Episode:
         if out:
             return out
         num_tasks = self.num_tasks
+        if num_tasks == 0:
+            return ["the episode has no tasks (T = 0 in dim 0 of query_x)"]
         for name, t in tensors.items():
             if t is not None and t.shape[0] != num_tasks:
                 out.append(f"{name} has {t.shape[0]} tasks in dim 0 but query_x has {num_tasks}")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+from pydantic import PositiveInt
 from torch import Tensor, nn
 
 # moved to hypermeta.heads; re-exported so ``from hypermeta.hypernets import ClassHead`` works
@@ -227,7 +228,7 @@ def _widths(hidden: list[int]) -> list[int]:
 
 
 @HYPERNETS.register("mlp")
-def build_mlp_hypernet(ctx: BuildContext, /, *, hidden: list[int] = [128],  # noqa: B006
+def build_mlp_hypernet(ctx: BuildContext, /, *, hidden: list[PositiveInt] = [128],  # noqa: B006
                        init: HyperfanMode = "hyperfan_in") -> MLPHyperNet:
     """``MLPHyperNet``: one linear head emits every generated tensor."""
     spec, z_dim = _context(ctx)
@@ -235,8 +236,8 @@ def build_mlp_hypernet(ctx: BuildContext, /, *, hidden: list[int] = [128],  # no
 
 
 @HYPERNETS.register("chunked")
-def build_chunked_hypernet(ctx: BuildContext, /, *, hidden: list[int] = [128],  # noqa: B006
-                           chunk_size: int = 256, chunk_dim: int = 16,
+def build_chunked_hypernet(ctx: BuildContext, /, *, hidden: list[PositiveInt] = [128],  # noqa: B006
+                           chunk_size: PositiveInt = 256, chunk_dim: PositiveInt = 16,
                            init: HyperfanMode = "hyperfan_in") -> ChunkedHyperNet:
     """``ChunkedHyperNet``: a shared generator emits the parameters chunk by chunk."""
     spec, z_dim = _context(ctx)
@@ -248,7 +249,7 @@ def build_chunked_hypernet(ctx: BuildContext, /, *, hidden: list[int] = [128],  
 
 @HYPERNETS.register("delta")
 def build_delta_hypernet(ctx: BuildContext, /, *,
-                         hidden: list[int] = [128]) -> DeltaHyperNet:  # noqa: B006
+                         hidden: list[PositiveInt] = [128]) -> DeltaHyperNet:  # noqa: B006
     """``DeltaHyperNet``: a learned base (the target's own initial values) plus a delta."""
     spec, z_dim = _context(ctx)
     base = ctx.target.initial_params() if ctx.target is not None else None

@@ -4,6 +4,7 @@ interface every method (hypernetworks and baselines alike) offers the trainer.""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -135,15 +136,21 @@ class HyperModel(Learner):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of the model's parameters (episodes are cast to it)."""
+        return next(self.parameters()).dtype
+
     def prepare(self, episode: Episode, *, validate: bool = True) -> Episode:
         """Validate ``episode`` for this model (one error listing every problem) and move it to
-        the model's device. A class-head model also reads the way count here, once per episode
+        the model's device, floating tensors cast to its dtype (a float64 episode is accepted by
+        a float32 model). A class-head model also reads the way count here, once per episode
         (``validate=False``, for episodes the library's own samplers made, skips the checks,
         each of which syncs the device)."""
         if not isinstance(episode, Episode):
             raise TypeError(f"episode must be a hypermeta.Episode, got {type(episode).__name__}")
         if not validate:
-            return self._with_ways(episode.to(self.device))
+            return self._with_ways(episode.to(self.device, self.dtype))
         problems = episode.problems()
         if not problems:
             problems = list(getattr(self.encoder, "problems", lambda e: [])(episode))
@@ -159,7 +166,7 @@ class HyperModel(Learner):
                 episode = replace(episode, ways=ways)
         if problems:
             raise ValueError("invalid Episode for this HyperModel:\n  - " + "\n  - ".join(problems))
-        return self._with_ways(episode.to(self.device))
+        return self._with_ways(episode.to(self.device, self.dtype))
 
     def _with_ways(self, episode: Episode) -> Episode:
         # the class head needs the way count: read it once per episode, not per use
@@ -198,21 +205,30 @@ class HyperModel(Learner):
 
     def adapted_params(self, episode: Episode, finetune_steps: int | None = None) -> Params:
         """Generated params, then ``finetune_steps`` (default: the model's) SGD steps of each
-        task on its own support set. Detached from the hypernetwork."""
-        episode = self.prepare(episode)
+        task on its own support set. Detached from the hypernetwork. A ``ValueError`` names
+        the tasks whose parameters are not finite (support values far outside the training
+        range, e.g. ``support_y`` of 1e30, overflow inside the model)."""
+        return self._adapted(self.prepare(episode), finetune_steps)
+
+    def _adapted(self, episode: Episode, finetune_steps: int | None) -> Params:
         with torch.no_grad():
             params = self._generate(episode)
         steps = self.finetune_steps if finetune_steps is None else finetune_steps
         tuned = adapt(self.target, params, episode, self.kind, steps=steps,
                       lr=self.finetune_lr)
-        return {n: p.detach() for n, p in tuned.items()}
+        out = {n: p.detach() for n, p in tuned.items()}
+        _require_finite(out.values(), "generated parameters")
+        return out
 
     def predict(self, episode: Episode, finetune_steps: int | None = None) -> Tensor:
         """Evaluation path: generate (and optionally fine-tune) each task's network, then
-        predict its query set, ``[T, Q, ...]``."""
-        params = self.adapted_params(episode, finetune_steps)
+        predict its query set, ``[T, Q, ...]``. Non-finite predictions are a ``ValueError``
+        naming the tasks, never a silent NaN."""
+        episode = self.prepare(episode)
+        params = self._adapted(episode, finetune_steps)
         with torch.no_grad():
-            out: Tensor = self.target(params, episode.query_x.to(self.device))
+            out: Tensor = self.target(params, episode.query_x)
+        _require_finite([out], "predictions")
         return out
 
     @torch.no_grad()
@@ -223,6 +239,18 @@ class HyperModel(Learner):
         count = next(iter(params.values())).shape[0]
         return [self.target.materialize({n: p[i] for n, p in params.items()})
                 for i in range(count)]
+
+
+def _require_finite(tensors: Any, what: str) -> None:
+    """Raise naming the tasks (dim 0) whose ``what`` hold NaN or Inf (one device sync)."""
+    bad: set[int] = set()
+    for t in tensors:
+        finite = torch.isfinite(t.reshape(t.shape[0], -1)).all(1)
+        if not bool(finite.all()):
+            bad.update((~finite).nonzero().flatten().tolist())
+    if bad:
+        raise ValueError(f"the {what} of tasks {sorted(bad)[:10]} are not finite: their support "
+                         "values (or descriptors) lie far outside what the model was trained on")
 
 
 def _check_class_head(head: ClassHead | None, target: FunctionalTarget, kind: TaskKind) -> None:

@@ -21,6 +21,20 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
+def _positive(**sizes: int | Sequence[int]) -> None:
+    """Refuse sizes that are not positive integers, naming each (a config's ``hidden: [-3]``
+    is an error here, not a tensor-creation traceback)."""
+    bad = {}
+    for name, value in sizes.items():
+        values = list(value) if isinstance(value, Sequence) else [value]
+        if not values and name != "hidden" or any(
+                isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+            bad[name] = value
+    if bad:
+        raise ValueError("sizes must be positive integers; got "
+                         + ", ".join(f"{k}={v!r}" for k, v in bad.items()))
+
+
 def _activation(name: str) -> nn.Module:
     if name not in _ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {name!r}")
@@ -35,6 +49,7 @@ class MLP(nn.Sequential):
 
     def __init__(self, in_dim: int, out_dim: int, hidden: Sequence[int] = (40, 40),
                  activation: str = "relu") -> None:
+        _positive(in_dim=in_dim, out_dim=out_dim, hidden=hidden)
         dims = [in_dim, *hidden]
         layers: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
@@ -89,9 +104,7 @@ class ResMLP(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, width: int = 64,
                  hidden: Sequence[int] = (64, 64, 64), activation: str = "relu") -> None:
         super().__init__()
-        if width < 1 or any(int(h) < 1 for h in hidden):
-            raise ValueError(f"width and every hidden width must be >= 1; got {width}, "
-                             f"{list(hidden)}")
+        _positive(in_dim=in_dim, out_dim=out_dim, width=width, hidden=hidden)
         self.stem = nn.Sequential(nn.Linear(in_dim, width), _activation(activation))
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.Linear(width, int(h)), _activation(activation),
@@ -149,6 +162,8 @@ class Conv4(nn.Module):
     def __init__(self, in_channels: int = 1, num_classes: int = 5, hidden: int = 64,
                  image_size: int = 28, channels: Sequence[int] | None = None) -> None:
         super().__init__()
+        _positive(in_channels=in_channels, num_classes=num_classes, hidden=hidden,
+                  image_size=image_size)
         widths = [hidden] * 4 if channels is None else [int(c) for c in channels]
         if len(widths) != 4 or min(widths) < 1:
             raise ValueError(f"channels must be 4 positive widths, got {channels!r}")
@@ -224,6 +239,7 @@ class _Recurrent(nn.Module):
         super().__init__()
         if output not in ("last", "sequence"):
             raise ValueError(f"output must be 'last' or 'sequence', got {output!r}")
+        _positive(in_dim=in_dim, hidden=hidden, out_dim=out_dim)
         self.hidden, self.output = hidden, output
         self.input_map = nn.Linear(in_dim, self.gates * hidden)
         self.hidden_map = nn.Linear(hidden, self.gates * hidden)
@@ -305,6 +321,8 @@ class TransformerNet(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, d_model: int = 32, nhead: int = 2,
                  num_layers: int = 1, dim_ff: int = 64, max_len: int = 64) -> None:
         super().__init__()
+        _positive(in_dim=in_dim, out_dim=out_dim, d_model=d_model, nhead=nhead,
+                  num_layers=num_layers, dim_ff=dim_ff, max_len=max_len)
         if d_model % nhead:
             raise ValueError(f"d_model={d_model} must be divisible by nhead={nhead}")
         self.embed = nn.Linear(in_dim, d_model)

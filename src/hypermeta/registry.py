@@ -171,9 +171,10 @@ METHODS: Registry[Callable[..., Any]] = Registry("method")
 """name -> ``builder(config, tasks, network)`` returning a ``Learner``."""
 DATA_SOURCES: Registry[Callable[..., Any]] = Registry("data source")
 """name -> ``prepare(source: Path, out: Path, **options) -> Path`` (``hypermeta data prepare``)."""
-INPUT_DECODERS: Registry[Callable[..., Any]] = Registry("input decoder")
-"""name -> ``decode(values, shape, dtype) -> Tensor``: JSON request values to model inputs
-(a task family names its format in ``TaskSource.input_format``)."""
+INPUT_DECODERS: Registry[Any] = Registry("input decoder")
+"""name -> ``InputFormat(decode, schema)`` (``hypermeta.tasks.inputs``): JSON request values to
+model inputs, and their OpenAPI form (a task family names its format in
+``TaskSource.input_format``)."""
 
 METHODS.register_lazy("hypernet", "hypermeta.runs:build_hypermodel")
 for _name in ("maml", "fomaml", "protonet", "scratch"):

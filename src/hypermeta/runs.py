@@ -4,10 +4,13 @@ place a run folder is loaded back (``load_run``), its data provenance checked.""
 from __future__ import annotations
 
 import copy
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from hypermeta.checkpoint import CheckpointError, load_checkpoint
@@ -17,6 +20,12 @@ from hypermeta.model import HyperModel, Learner
 from hypermeta.registry import ENCODERS, HYPERNETS, METHODS, TARGETS, BuildContext
 from hypermeta.target import FunctionalTarget
 from hypermeta.tasks import TaskSource, get_tasks
+
+log = logging.getLogger(__name__)
+
+MAX_PARAMETERS = int(os.environ.get("HYPERMETA_MAX_PARAMETERS", 2**31))
+"""Largest learner (parameters and buffers) a config may build: 2^31 numbers = 8 GiB of
+float32 by default. Checked on the meta device before anything is allocated."""
 
 
 def build_tasks(config: RunConfig) -> TaskSource:
@@ -35,7 +44,7 @@ def build_network_for(config: RunConfig, target: nn.Module | None) -> nn.Module:
         raise ConfigError("target: this run uses a custom target module; pass it as target=")
     try:
         net = TARGETS.get(config.target.name)(**config.target.kwargs())
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, RuntimeError) as err:
         raise ConfigError(f"target: {err}") from None
     if not isinstance(net, nn.Module):
         raise ConfigError(f"target: {config.target.name!r} built a {type(net).__name__}, not "
@@ -45,9 +54,31 @@ def build_network_for(config: RunConfig, target: nn.Module | None) -> nn.Module:
 
 def build_learner(config: RunConfig, tasks: TaskSource,
                   target: nn.Module | None = None) -> Learner:
-    """The learner of ``config.method`` (registered in ``METHODS``)."""
+    """The learner of ``config.method`` (registered in ``METHODS``).
+
+    It is first built on the ``meta`` device (no memory) to count its numbers: a config asking
+    for more than ``MAX_PARAMETERS`` (e.g. a 10^7-wide layer) is refused before allocating.
+    """
+    builder = METHODS.get(config.method)
+    state = torch.get_rng_state()
+    try:
+        with torch.device("meta"):
+            probe = builder(config, tasks, build_network_for(config, target))
+        size = sum(t.numel() for t in (*probe.parameters(), *probe.buffers()))
+    except ConfigError:
+        raise
+    except Exception as err:  # an op the meta device cannot run: no estimate, build anyway
+        log.debug("no size estimate for %s: %s", config.method, err)
+        size = 0
+    finally:
+        torch.set_rng_state(state)  # the real build draws the same initial weights
+    if size > MAX_PARAMETERS:
+        raise ConfigError(f"this config builds a {config.method} learner of {size:,} numbers "
+                          f"({size * 4 / 2**30:,.1f} GiB as float32), over the limit of "
+                          f"{MAX_PARAMETERS:,} (set HYPERMETA_MAX_PARAMETERS to raise it); "
+                          "check the target and hypernet sizes")
     net = build_network_for(config, target)
-    learner = METHODS.get(config.method)(config, tasks, net)
+    learner = builder(config, tasks, net)
     if not isinstance(learner, Learner):
         raise ConfigError(f"method: {config.method!r} built a {type(learner).__name__}, not a "
                           "hypermeta Learner")

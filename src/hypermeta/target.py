@@ -104,6 +104,9 @@ class FunctionalTarget(nn.Module):
         self.adapter, self.rank, self.batchnorm = adapter, rank, batchnorm
         if input_shape is None:  # built-in targets know the shape of one example
             input_shape = getattr(module, "input_shape", None)
+        first = next(iter(module.children()), None) if isinstance(module, nn.Sequential) else None
+        if input_shape is None and isinstance(first, nn.Linear):  # a plain MLP: its input width
+            input_shape = (first.in_features,)
         self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
         # built-in targets carry the JSON-able config that rebuilds them
         self.config: dict[str, object] | None = getattr(module, "config", None)
@@ -342,6 +345,9 @@ def _select(module: nn.Module, generate: Selection, exclude: frozenset[str],
                              "(or gates=, parts=)")
         return []
     single = isinstance(generate, (str, type))
+    if not single and not isinstance(generate, (list, tuple)):
+        raise TypeError(f"generate= takes 'all', 'none', a glob string over parameter names, an "
+                        f"nn.Module type, or a list of those; got {generate!r}")
     items: list[str | type[nn.Module]] = [generate] if single else list(generate)  # type: ignore
     if not items:
         raise ValueError("generate= is empty; pass 'all', glob patterns or module types")

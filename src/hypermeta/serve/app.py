@@ -6,8 +6,8 @@ app checks the bearer token before reading any body, and counts the body while i
 refusing it (413) as soon as it passes the limit.
 """
 
-from __future__ import annotations
-
+# (no ``from __future__ import annotations``: the request models are built per run, and the
+# route functions' annotations must be those objects, not strings)
 import hmac
 import time
 from pathlib import Path
@@ -15,43 +15,44 @@ from typing import Any
 
 from hypermeta.runs import load_hypermodel
 from hypermeta.serve.service import ServiceError, TaskService
+from hypermeta.tasks.inputs import label_schema, rows
 
 try:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
-    from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+    from fastapi.routing import APIRoute
+    from pydantic import BaseModel, ConfigDict, create_model
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError("serving needs the 'serve' extra: pip install 'hypermeta[serve]'") from err
 
-Number = StrictFloat | StrictInt
+_STRICT = ConfigDict(extra="forbid")
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SupportSet(_Body):
-    x: list[Any] = Field(description="support inputs [S, *x_shape], in the task family's "
-                         "input format (numbers; integer ids; strings for text)")
-    y: list[Any] = Field(description="support labels: class ids [S], or values [S] / "
-                         "[S, out_dim]")
-
-
-class TaskRequest(_Body):
-    descriptor: StrictStr | StrictInt | list[Number] | None = Field(
-        None, description="task id, label/text, or feature vector (per the model's encoder)")
-    support: SupportSet | None = None
-
-
-class PredictRequest(_Body):
-    x: list[Any] = Field(description="inputs [N, *x_shape]")
-
-
-class OneShotRequest(_Body):
-    support: SupportSet
-    x: list[Any] = Field(description="inputs [N, *x_shape]")
+def request_models(service: TaskService) -> tuple[Any, Any, Any]:
+    """``(TaskRequest, PredictRequest, OneShotRequest)`` for this run, exact to its task
+    family and encoder: the input shape and format, the label form, the descriptor the encoder
+    takes, and which of ``support`` / ``descriptor`` a task needs — so the OpenAPI document
+    says precisely what the routes accept."""
+    limit = service.max_abs_value
+    x_item = service.input_format.schema(service.source, limit)
+    shape = list(service.source.x_shape)
+    support = create_model(
+        "SupportSet", __config__=_STRICT,
+        x=(rows(x_item, f"support inputs, one example of shape {shape} per row"), ...),
+        y=(label_schema(service.source, limit), ...))
+    fields: dict[str, Any] = {"support": (support, ...)}
+    schema = getattr(service.model.encoder, "descriptor_schema", lambda limit: None)(limit)
+    if schema is not None:  # a descriptor model; the support set only for fine-tuning
+        fields = {"descriptor": (schema, ...),
+                  "support": (support, ...) if service.model.finetune_steps
+                  else (support | None, None)}
+    task = create_model("TaskRequest", __config__=_STRICT, **fields)
+    queries = rows(x_item, f"inputs, one example of shape {shape} per row")
+    predict = create_model("PredictRequest", __config__=_STRICT, x=(queries, ...))
+    one_shot = create_model("OneShotRequest", __config__=_STRICT, x=(queries, ...), **fields)
+    return task, predict, one_shot
 
 
 class ErrorItem(BaseModel):
@@ -67,7 +68,8 @@ class ErrorBody(BaseModel):
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    words = {401: "missing or wrong bearer token", 404: "unknown task id",
+    words = {400: "the body is not decodable JSON", 401: "missing or wrong bearer token",
+             404: "unknown task id",
              409: "the task was made by another model version", 413: "body or rows over limit",
              422: "invalid input"}
     return {s: {"model": ErrorBody, "description": words[s]} for s in statuses}
@@ -150,7 +152,7 @@ class _Guard:
 def create_app(run_dir: str | Path, *, state_dir: str | Path | None = None,
                cache_size: int = 128, max_body_bytes: int = 1_000_000, max_rows: int = 10_000,
                token: str | None = None, which: str = "best",
-               allow_data_change: bool = False) -> Any:
+               allow_data_change: bool = False, max_abs_value: float = 1e6) -> Any:
     """The ASGI app serving the hypernet run in ``run_dir`` (FastAPI behind a guard).
 
     Arguments:
@@ -163,6 +165,8 @@ def create_app(run_dir: str | Path, *, state_dir: str | Path | None = None,
             an empty or blank token is refused.
         which: the checkpoint, ``best`` or ``last``.
         allow_data_change: serve even if the run's task data changed since training.
+        max_abs_value: largest magnitude of a numeric request value (in the OpenAPI schema
+            too); far beyond any training range, it keeps the model's arithmetic finite.
     """
     if max_body_bytes < 1:
         raise ValueError("max_body_bytes must be >= 1")
@@ -170,7 +174,8 @@ def create_app(run_dir: str | Path, *, state_dir: str | Path | None = None,
         raise ValueError("token is empty or blank: pass a real token, or none (loopback only)")
     run = load_hypermodel(run_dir, which=which, allow_data_change=allow_data_change)
     service = TaskService(run, state_dir=Path(state_dir or Path(run_dir) / "serve-state"),
-                          cache_size=cache_size, max_rows=max_rows)
+                          cache_size=cache_size, max_rows=max_rows,
+                          max_abs_value=max_abs_value)
     api = FastAPI(title="hypermeta", version=str(run.content_id[:12]),
                   description="Register a task by descriptor or support set, then predict "
                               "with its generated network.")
@@ -181,47 +186,60 @@ def create_app(run_dir: str | Path, *, state_dir: str | Path | None = None,
 
     @api.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
-        items = [{"loc": [str(p) if not isinstance(p, int) else p for p in e["loc"]],
+        # pydantic names union branches in loc, some as long validator reprs: keep the path
+        items = [{"loc": [p if isinstance(p, int) else str(p) for p in e["loc"]
+                          if isinstance(p, int) or not set("[(<") & set(str(p))],
                   "msg": e["msg"], "type": e["type"]} for e in err.errors()]
         return JSONResponse({"detail": items}, status_code=422)
 
     @api.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        return _error(err.status_code, str(err.detail), [], "http")
+        response = _error(err.status_code, str(err.detail), [], "http")
+        response.headers.update(err.headers or {})
+        if err.status_code == 405:  # Allow: the methods of every route on this path
+            path = request.url.path
+            methods = {m for route in api.routes if isinstance(route, APIRoute)
+                       and route.path_regex.match(path) for m in route.methods or ()}
+            response.headers["allow"] = ", ".join(sorted(methods))
+        return response
+
+    TaskRequest, PredictRequest, OneShotRequest = request_models(service)
+    auth = (401,) if token is not None else ()  # the statuses each route can return
 
     @api.get("/healthz")
     def healthz() -> dict[str, Any]:
         """Liveness and the model version (no token needed)."""
         return service.health()
 
-    @api.get("/metrics", responses=_errors(401))
+    @api.get("/metrics", responses=_errors(*auth))
     def metrics() -> dict[str, Any]:
         """Request counts and latency per route, cache and store sizes."""
         return service.stats()
 
-    @api.post("/v1/tasks", status_code=201, responses=_errors(401, 413, 422))
-    def register(request: TaskRequest) -> dict[str, Any]:
-        """Register a task by its descriptor or its support set."""
-        return service.register(request.model_dump())
+    @api.post("/v1/tasks", status_code=201, responses=_errors(400, *auth, 413, 422))
+    def register(request: TaskRequest) -> dict[str, Any]:  # type: ignore[valid-type]
+        """Register a task by its support set, or by its descriptor where the encoder takes one
+        (with its support set too when the model fine-tunes)."""
+        return service.register(request.model_dump())  # type: ignore[attr-defined]
 
-    @api.get("/v1/tasks/{task_id}", responses=_errors(401, 404, 409))
+    @api.get("/v1/tasks/{task_id}", responses=_errors(*auth, 404, 409))
     def get_task(task_id: str) -> dict[str, Any]:
         """A registered task's record."""
         return service.describe(task_id)
 
-    @api.delete("/v1/tasks/{task_id}", responses=_errors(401, 404))
+    @api.delete("/v1/tasks/{task_id}", responses=_errors(*auth, 404))
     def delete_task(task_id: str) -> dict[str, Any]:
         """Forget a registered task."""
         return service.delete(task_id)
 
-    @api.post("/v1/tasks/{task_id}/predict", responses=_errors(401, 404, 409, 413, 422))
-    def predict_task(task_id: str, request: PredictRequest) -> dict[str, Any]:
+    @api.post("/v1/tasks/{task_id}/predict", responses=_errors(400, *auth, 404, 409, 413, 422))
+    def predict_task(task_id: str, request: PredictRequest) -> dict[str, Any]:  # type: ignore[valid-type]
         """Predict with a registered task's generated network."""
-        return service.predict_task(task_id, request.x)
+        return service.predict_task(task_id, request.x)  # type: ignore[attr-defined]
 
-    @api.post("/v1/predict", responses=_errors(401, 413, 422))
-    def predict_once(request: OneShotRequest) -> dict[str, Any]:
-        """Generate from a support set and predict, without registering."""
-        return service.predict_once(request.support.model_dump(), request.x)
+    @api.post("/v1/predict", responses=_errors(400, *auth, 413, 422))
+    def predict_once(request: OneShotRequest) -> dict[str, Any]:  # type: ignore[valid-type]
+        """Generate a task's network (as registration would) and predict, storing nothing."""
+        return service.predict_once(request.model_dump(), request.x)  # type: ignore[attr-defined]
 
     return _Guard(api, service, token=token, max_body_bytes=max_body_bytes)

@@ -16,6 +16,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -112,15 +113,18 @@ class TaskService:
         state_dir: folder of the SQLite task database.
         cache_size: generated task networks kept in memory (LRU).
         max_rows: most rows in a support set or a prediction batch (else 413).
+        max_abs_value: largest magnitude of a numeric input, label or descriptor value (else
+            422); far beyond any training range, it keeps the model's arithmetic finite.
     """
 
     def __init__(self, run: Run, *, state_dir: Path, cache_size: int = 128,
-                 max_rows: int = 10_000) -> None:
-        if cache_size < 1 or max_rows < 1:
-            raise ValueError("cache_size and max_rows must be >= 1")
+                 max_rows: int = 10_000, max_abs_value: float = 1e6) -> None:
+        if cache_size < 1 or max_rows < 1 or not max_abs_value > 0:
+            raise ValueError("cache_size and max_rows must be >= 1 and max_abs_value > 0")
+        self.max_abs_value = float(max_abs_value)
         self.run, self.model, self.source = run, run.hypermodel, run.tasks
         self.content_id, self.kind = run.content_id, run.tasks.kind
-        self.decode_x = INPUT_DECODERS.get(self.source.input_format)
+        self.input_format = INPUT_DECODERS.get(self.source.input_format)
         self.cache_size, self.max_rows = cache_size, max_rows
         self.store = TaskStore(state_dir / "tasks.sqlite3")
         self.metrics = Metrics()
@@ -138,10 +142,17 @@ class TaskService:
         """Request values -> ``[N, *x_shape]`` model inputs (the family's input decoder)."""
         self._rows(values, name)
         try:
-            x: Tensor = self.decode_x(values, self.source, name)
+            x: Tensor = self.input_format.decode(values, self.source, name)
         except ValueError as err:
             raise ServiceError(str(err), 422, name) from None
+        self._bounded(x, name)
         return x
+
+    def _bounded(self, values: Tensor, name: str) -> None:
+        if values.is_floating_point() and values.numel() and \
+                float(values.abs().max()) > self.max_abs_value:
+            raise ServiceError(f"{name} holds a value beyond ±{self.max_abs_value:g} (the "
+                               "server's --max-abs-value)", 422, name)
 
     def support_episode(self, support: dict[str, Any]) -> Episode:
         """One task's support set ``{"x": [...], "y": [...]}`` -> its episode."""
@@ -151,6 +162,7 @@ class TaskService:
             y = decode_labels(support.get("y"), self.source, "support.y")
         except ValueError as err:
             raise ServiceError(str(err), 422, "support.y") from None
+        self._bounded(y, "support.y")
         if len(x) != len(y):
             raise ServiceError(f"support.x has {len(x)} rows but support.y has {len(y)}", 422,
                                "support")
@@ -159,21 +171,36 @@ class TaskService:
         except ValueError as err:
             raise ServiceError(str(err), 422, "support") from None
 
+    @property
+    def takes_descriptor(self) -> bool:
+        """Whether this model's encoder reads a descriptor (else: the support set)."""
+        schema = getattr(self.model.encoder, "descriptor_schema", lambda limit: None)
+        return schema(self.max_abs_value) is not None
+
     def task_episode(self, request: dict[str, Any]) -> Episode:
-        """A registration request (support set, or descriptor) -> one task's episode."""
-        if (request.get("support") is None) == (request.get("descriptor") is None):
-            raise ServiceError("send exactly one of 'descriptor' or 'support'")
-        if request.get("support") is not None:
-            return self.support_episode(request["support"])
-        encoder = self.model.encoder
-        parse = getattr(encoder, "parse_descriptor", None)
-        if parse is None:
-            raise ServiceError(f"this model's encoder ({type(encoder).__name__}) takes no "
-                               "descriptor", 422, "descriptor")
+        """A task request -> one task's episode. A support-set model needs ``support``; a
+        descriptor model needs ``descriptor``, and ``support`` too when it fine-tunes."""
+        support, descriptor = request.get("support"), request.get("descriptor")
+        if not self.takes_descriptor:
+            if support is None or descriptor is not None:
+                raise ServiceError("this model reads the task's support set: send 'support' "
+                                   "(and no 'descriptor')", 422, "support")
+            return self.support_episode(support)
+        if descriptor is None:
+            raise ServiceError("this model reads a task descriptor: send 'descriptor'", 422,
+                               "descriptor")
+        if self.model.finetune_steps and support is None:
+            raise ServiceError("this model fine-tunes each task: send its 'support' set beside "
+                               "the descriptor", 422, "support")
         try:
-            return self.source.descriptor_episode(parse(request["descriptor"]))
+            value = getattr(self.model.encoder, "parse_descriptor")(descriptor)  # noqa: B009
         except ValueError as err:
             raise ServiceError(str(err), 422, "descriptor") from None
+        if isinstance(value, Tensor):
+            self._bounded(value, "descriptor")
+        if support is None:
+            return self.source.descriptor_episode(value)
+        return replace(self.support_episode(support), descriptor=value)
 
     # ------------------------------------------------------------- generation, prediction
     def generate(self, episode: Episode) -> Params:
@@ -250,9 +277,11 @@ class TaskService:
         params = self.params_of(task_id)
         return self.predict(params, self.inputs(x))
 
-    def predict_once(self, support: dict[str, Any], x: Any) -> dict[str, Any]:
+    def predict_once(self, request: dict[str, Any], x: Any) -> dict[str, Any]:
+        """Generate from a task request (as ``register`` takes) and predict ``x``, storing
+        nothing."""
         inputs = self.inputs(x)
-        return self.predict(self.generate(self.support_episode(support)), inputs)
+        return self.predict(self.generate(self.task_episode(request)), inputs)
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "content_id": self.content_id,

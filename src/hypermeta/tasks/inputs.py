@@ -1,23 +1,42 @@
-"""Input decoders: JSON values from a request -> one task's model inputs, strictly typed.
+"""Input formats: JSON values from a request -> one task's model inputs, strictly typed.
 
-A task family names its decoder in ``TaskSource.input_format``; the server (and any other
-front end) looks it up in ``INPUT_DECODERS``. A decoder is ``decode(values, source, name)``
-returning ``[N, *source.x_shape]`` in ``source.x_dtype``, and raises ``ValueError`` naming
-``name`` and what is wrong. Registering a new format is one ``INPUT_DECODERS.register``.
+A task family names its format in ``TaskSource.input_format``; the server (and any other
+front end) looks it up in ``INPUT_DECODERS``. An ``InputFormat`` holds ``decode(values,
+source, name)``, returning ``[N, *source.x_shape]`` in ``source.x_dtype`` and raising
+``ValueError`` naming ``name`` and what is wrong, and ``schema(source)``, the JSON form of
+ONE example as a type annotation (for the server's OpenAPI document). Registering a new
+format is one ``INPUT_DECODERS.register(name, InputFormat(decode, schema))``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import Field, StrictInt, StrictStr
 from torch import Tensor
 
+from hypermeta.encoders import FLOAT32_MAX, finite_number
 from hypermeta.registry import INPUT_DECODERS
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+@dataclass(frozen=True)
+class InputFormat:
+    """How request values become inputs (``decode``) and what they look like (``schema``)."""
+
+    decode: Callable[[Any, Any, str], Tensor]
+    schema: Callable[[Any, float], Any] = lambda source, limit: Any  # (source, magnitude limit)
+
+
+def nested(leaf: Any, shape: tuple[int, ...]) -> Any:
+    """The annotation of an array of ``shape`` (exact lengths) whose leaves are ``leaf``."""
+    for size in reversed(shape):
+        leaf = Annotated[list[leaf], Field(min_length=size, max_length=size)]
+    return leaf
 
 
 def _rows(values: Any, name: str) -> list[Any]:
@@ -48,7 +67,6 @@ def _check_leaves(values: Any, shape: tuple[int, ...], name: str, *, integer: bo
             raise ValueError(f"{where} is NaN or Inf")
 
 
-@INPUT_DECODERS.register("numbers")
 def decode_numbers(values: Any, source: Any, name: str) -> Tensor:
     """Real-valued inputs: nested arrays of numbers of shape ``[N, *x_shape]``, each finite in
     float32 (a JSON number such as 1e300 that overflows float32 is refused, not made inf)."""
@@ -61,7 +79,6 @@ def decode_numbers(values: Any, source: Any, name: str) -> Tensor:
     return torch.as_tensor(data, dtype=source.x_dtype)
 
 
-@INPUT_DECODERS.register("integers")
 def decode_integers(values: Any, source: Any, name: str) -> Tensor:
     """Integer inputs (item ids, token ids, actions): arrays of JSON integers of shape
     ``[N, *x_shape]``, each in ``0..source.vocab_size - 1`` when the family declares one."""
@@ -75,7 +92,6 @@ def decode_integers(values: Any, source: Any, name: str) -> Tensor:
     return data.to(source.x_dtype)
 
 
-@INPUT_DECODERS.register("text")
 def decode_text(values: Any, source: Any, name: str) -> Tensor:
     """Text inputs: a JSON array of strings, turned into inputs by the family's
     ``encode_text(list[str]) -> Tensor`` (its tokenizer or sentence embedding)."""
@@ -89,6 +105,37 @@ def decode_text(values: Any, source: Any, name: str) -> Tensor:
                          "encode_text method")
     out: Tensor = encode(rows)
     return out
+
+
+def _id(source: Any) -> Any:
+    vocab = getattr(source, "vocab_size", None)
+    return Annotated[StrictInt, Field(ge=0)] if vocab is None else \
+        Annotated[StrictInt, Field(ge=0, le=vocab - 1)]
+
+
+INPUT_DECODERS.register("numbers", InputFormat(
+    decode_numbers,
+    lambda source, limit: nested(finite_number(limit), tuple(source.x_shape))))
+INPUT_DECODERS.register("integers", InputFormat(
+    decode_integers, lambda source, limit: nested(_id(source), tuple(source.x_shape))))
+INPUT_DECODERS.register("text", InputFormat(decode_text, lambda source, limit: StrictStr))
+
+
+def rows(item: Any, what: str) -> Any:
+    """The annotation of a non-empty array of ``item`` (one per example)."""
+    return Annotated[list[item], Field(min_length=1, description=what)]
+
+
+def label_schema(source: Any, limit: float = FLOAT32_MAX) -> Any:
+    """The JSON form of a support set's labels: class ids ``[S]``, or values ``[S]`` /
+    ``[S, out_dim]`` (numbers at most ``limit`` in magnitude), one form per request."""
+    what = "support labels, one per row of x (as many)"
+    if source.kind.uses_classes:
+        return rows(Annotated[StrictInt, Field(ge=0, le=source.out_dim - 1)], what)
+    number = finite_number(limit)
+    if source.out_dim == 1:
+        return rows(number, what) | rows(nested(number, (1,)), what)
+    return rows(nested(number, (source.out_dim,)), what)
 
 
 def decode_labels(values: Any, source: Any, name: str) -> Tensor:
