@@ -19,6 +19,7 @@ from hypermeta.encoders import stable_hash
 from hypermeta.evaluate import evaluate
 from hypermeta.runs import load_run
 from hypermeta.tasks import LabeledArrayTasks, get_tasks
+from hypermeta.tasks.arrays import split_classes
 from hypermeta.tasks.folder import bag_of_words, decode_wav, folder_tasks
 from hypermeta.tasks.table import table_tasks
 from hypermeta.train import fit
@@ -149,7 +150,7 @@ def test_folder_fraction_split_is_class_disjoint_seeded_and_deterministic(tmp_pa
     assert sorted(c for s in classes.values() for c in s) == list(range(6))
     assert [len(classes[s]) for s in ("train", "val", "test")] == [2, 2, 2]
     # the permutation of LabeledArrayTasks over the sorted class names
-    assert classes == LabeledArrayTasks._split_classes(list(range(6)), (0.34, 0.33, 0.33), 0)
+    assert classes == split_classes(list(range(6)), (0.34, 0.33, 0.33), 0)
     assert build(0).classes == classes
     assert any(build(seed).classes != classes for seed in range(1, 6))
     a, b = tasks.sample("train", 5, gen(7)), tasks.sample("train", 5, gen(7))

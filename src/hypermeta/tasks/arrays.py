@@ -68,7 +68,7 @@ class LabeledArrayTasks(TaskSource):
         self.x_shape = tuple(x_t.shape[1:])
         self.out_dim = ways
         all_classes = torch.unique(self.y).tolist()
-        self.classes = (self._split_classes(all_classes, fractions, seed) if classes is None
+        self.classes = (split_classes(all_classes, fractions, seed) if classes is None
                         else {s: [int(c) for c in classes.get(s, [])] for s in SPLITS})
         # rows of each class, for sampling without scanning y every episode
         order = torch.argsort(self.y, stable=True)
@@ -94,20 +94,6 @@ class LabeledArrayTasks(TaskSource):
             problems.append(f"class splits overlap: {overlap}")
         if problems:
             raise ValueError("LabeledArrayTasks: " + "; ".join(problems))
-
-    @staticmethod
-    def _split_classes(all_classes: list[int], fractions: tuple[float, float, float],
-                       seed: int) -> dict[str, list[int]]:
-        if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
-            raise ValueError(f"fractions must be 3 non-negative shares summing to 1; got "
-                             f"{fractions}")
-        perm = torch.randperm(len(all_classes), generator=torch.Generator().manual_seed(seed))
-        shuffled = [all_classes[i] for i in perm.tolist()]
-        n_train = round(fractions[0] * len(shuffled))
-        n_val = round(fractions[1] * len(shuffled))
-        return {"train": sorted(shuffled[:n_train]),
-                "val": sorted(shuffled[n_train:n_train + n_val]),
-                "test": sorted(shuffled[n_train + n_val:])}
 
     def sample(self, split: Split, num_tasks: int, generator: torch.Generator) -> Episode:
         check_split(split)
@@ -140,6 +126,18 @@ class LabeledArrayTasks(TaskSource):
         text = json.dumps({s: self.classes[s] for s in SPLITS}, sort_keys=True)
         return {"classes_sha256": hashlib.sha256(text.encode()).hexdigest()}
 
-    def config(self) -> dict[str, object]:
-        return {"name": self.name, "ways": self.ways, "shots": self.shots,
-                "queries": self.queries}
+
+def split_classes(all_classes: list[int], fractions: tuple[float, float, float],
+                  seed: int) -> dict[str, list[int]]:
+    """Split class (or task) ids into train/val/test by ``fractions`` with a permutation
+    seeded by ``seed``; each split's ids sorted. The one split rule of every family."""
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) < 0:
+        raise ValueError(f"fractions must be 3 non-negative shares summing to 1; got "
+                         f"{fractions}")
+    perm = torch.randperm(len(all_classes), generator=torch.Generator().manual_seed(seed))
+    shuffled = [all_classes[i] for i in perm.tolist()]
+    n_train = round(fractions[0] * len(shuffled))
+    n_val = round(fractions[1] * len(shuffled))
+    return {"train": sorted(shuffled[:n_train]),
+            "val": sorted(shuffled[n_train:n_train + n_val]),
+            "test": sorted(shuffled[n_train + n_val:])}

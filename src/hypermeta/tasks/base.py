@@ -98,10 +98,6 @@ class TaskSource(abc.ABC):
         differs is refused unless asked for. Generated families (sinusoid, ...) have none."""
         return {}
 
-    def config(self) -> dict[str, object]:
-        """The JSON-able arguments that rebuild this source via ``get_tasks``."""
-        return {"name": self.name, "shots": self.shots, "queries": self.queries}
-
 
 class FunctionTasks(TaskSource):
     """Continuous regression families ``y = f_theta(x) (+ noise)``, theta drawn per task.
@@ -147,10 +143,6 @@ class FunctionTasks(TaskSource):
 
     def _fixed(self, split: Split, count: int, generator: torch.Generator) -> Episode:
         return self._draw(count, self.eval_queries, generator)
-
-    def config(self) -> dict[str, object]:
-        return {**super().config(), "eval_queries": self.eval_queries,
-                "x_range": list(self.x_range), "noise": self.noise}
 
 
 def uniform(low: float, high: float, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:

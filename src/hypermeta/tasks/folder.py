@@ -35,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 
 from hypermeta.encoders import stable_hash
-from hypermeta.tasks.arrays import LabeledArrayTasks
+from hypermeta.tasks.arrays import LabeledArrayTasks, split_classes
 from hypermeta.tasks.base import SPLITS
 from hypermeta.tasks.omniglot import sha256_lines
 
@@ -71,7 +71,7 @@ def resolve_split(names: Sequence[str], declared: Mapping[str, Sequence[str | in
     """
     ordered = sorted(names)
     if declared is None:
-        ids = LabeledArrayTasks._split_classes(list(range(len(ordered))),
+        ids = split_classes(list(range(len(ordered))),
                                                tuple(fractions),  # type: ignore[arg-type]
                                                seed)
         return {split: [ordered[i] for i in ids[split]] for split in SPLITS}

@@ -23,7 +23,3 @@ class LinearTasks(FunctionTasks):
 
     def function(self, theta: Tensor, x: Tensor) -> Tensor:
         return theta[:, None, :1] * x + theta[:, None, 1:]
-
-    def config(self) -> dict[str, object]:
-        return {"name": self.name, "shots": self.shots, "queries": self.queries,
-                "eval_queries": self.eval_queries, "noise": self.noise}

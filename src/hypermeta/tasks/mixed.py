@@ -46,7 +46,3 @@ class MixedTasks(FunctionTasks):
         for k, value in enumerate(options):
             out = torch.where(kind == k, value, out)
         return out
-
-    def config(self) -> dict[str, object]:
-        return {"name": self.name, "shots": self.shots, "queries": self.queries,
-                "eval_queries": self.eval_queries}

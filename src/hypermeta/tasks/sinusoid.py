@@ -32,7 +32,3 @@ class SinusoidTasks(FunctionTasks):
 
     def function(self, theta: Tensor, x: Tensor) -> Tensor:
         return theta[:, None, :1] * torch.sin(x - theta[:, None, 1:])
-
-    def config(self) -> dict[str, object]:
-        return {"name": self.name, "shots": self.shots, "queries": self.queries,
-                "eval_queries": self.eval_queries}
