@@ -22,8 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def git_state() -> dict[str, Any]:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout
-    return {"commit": git("rev-parse", "HEAD").strip() or None,
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no").strip())}
+    # result files are rewritten by resumable runs themselves: they do not make the code dirty
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                 ":(exclude)benchmarks/results")
+    return {"commit": git("rev-parse", "HEAD").strip() or None, "dirty": bool(status.strip())}
 
 
 def environment(seeds: list[int]) -> dict[str, Any]:

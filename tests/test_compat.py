@@ -67,3 +67,19 @@ def test_a_flipped_byte_in_the_optimizer_state_is_refused(tmp_path):
     safetensors.torch.save_file(safetensors.torch.load_file(last), str(last), metadata=metadata)
     with pytest.raises(CheckpointError, match="state digest"):
         load_checkpoint(last)
+
+
+def test_editing_the_format_does_not_skip_the_state_digest(tmp_path):
+    config = hypermeta.RunConfig.from_dict({
+        "tasks": {"name": "sinusoid", "shots": 5}, "target": {"name": "mlp", "in_dim": 1,
+                                                                "out_dim": 1, "hidden": [8]},
+        "encoder": {"kind": "set", "dim": 8, "hidden": 8}, "hypernet": {"hidden": [8]},
+        "train": {"steps": 2, "meta_batch": 2, "val_every": 2, "val_tasks": 4}})
+    hypermeta.fit(config, tmp_path / "run")
+    last = tmp_path / "run" / "last.safetensors"
+    with safetensors.safe_open(str(last), "pt") as handle:
+        metadata = dict(handle.metadata())
+    metadata["format"] = "hypermeta-checkpoint/1"  # pretend to be a digest-less old file
+    safetensors.torch.save_file(safetensors.torch.load_file(last), str(last), metadata=metadata)
+    with pytest.raises(CheckpointError, match="or its format"):
+        load_checkpoint(last)

@@ -33,6 +33,11 @@ def test_decorator_and_lazy_registration():
     assert table.get("path") is Path
     with pytest.raises(ValueError, match="package.module:attribute"):
         table.register_lazy("bad", "no_colon")
+    table.register_lazy("broken", "no_such_module_x:Thing")
+    for _ in range(2):  # a failed import names the entry, and keeps it registered
+        with pytest.raises(ImportError, match="thing 'broken' is registered as"):
+            table.get("broken")
+    assert "broken" in table.names()
     with pytest.raises(ValueError, match="non-empty string"):
         table.register(" padded ", 1)
 

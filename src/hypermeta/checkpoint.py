@@ -80,7 +80,7 @@ def save_checkpoint(path: str | Path, *, config_json: str, model: dict[str, Tens
     extra = {k: v.detach().cpu().contiguous() for k, v in (extra_tensors or {}).items()}
     state_json = json.dumps(state or {})
     metadata = {"format": FORMAT, "config": config_json, "content_id": cid,
-                "state": state_json, "state_digest": state_digest(extra, state_json)}
+                "state": state_json, "state_digest": state_digest(extra, FORMAT + state_json)}
     atomic_write_bytes(path, safetensors.torch.save(tensors, metadata=metadata))
     return cid
 
@@ -111,10 +111,14 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Tens
     if content_id(metadata["config"], model) != metadata.get("content_id"):
         raise CheckpointError(f"checkpoint {path} is corrupted: its weights do not match "
                               "its content id")
-    if metadata["format"] == FORMAT and state_digest(
-            extra, metadata.get("state", "")) != metadata.get("state_digest"):
-        raise CheckpointError(f"checkpoint {path} is corrupted: its optimizer, RNG or training "
-                              "state does not match its state digest (resuming would diverge)")
+    # every format but /1 carries a state digest over (format + state JSON, extra tensors);
+    # a /1 file with a digest is a /2 file whose format was edited
+    if metadata["format"] != "hypermeta-checkpoint/1" or "state_digest" in metadata:
+        expected = state_digest(extra, metadata["format"] + metadata["state"])
+        if metadata.get("state_digest") != expected:
+            raise CheckpointError(f"checkpoint {path} is corrupted: its optimizer, RNG or "
+                                  "training state (or its format) does not match its state "
+                                  "digest (resuming would diverge)")
     try:
         meta: dict[str, Any] = {"config": json.loads(metadata["config"]),
                                 "state": json.loads(metadata["state"]),

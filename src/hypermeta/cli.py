@@ -49,8 +49,8 @@ def _friendly(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (ValueError, TypeError, KeyError, OSError, ImportError, RuntimeError,
-                MemoryError) as err:
+        except (ValueError, TypeError, KeyError, IndexError, ArithmeticError, OSError,
+                ImportError, RuntimeError, MemoryError) as err:
             if _state["debug"]:
                 raise
             lines = [line.strip() for line in str(err).strip("'\"").splitlines() if line.strip()]
@@ -149,15 +149,15 @@ DescriptorOption = Annotated[str | None, typer.Option(
     help="Task id, comma-separated feature vector, label or text.")]
 
 
-def _task_network(run_dir: Path, support: Path | None, descriptor: str | None,
-                  which: str) -> tuple[Any, Any, Any, str, torch.Tensor]:
+def _task_network(run_dir: Path, support: Path | None, descriptor: str | None, which: str,
+                  allow_data_change: bool) -> tuple[Any, Any, Any, str, torch.Tensor]:
     """One task's generated network from a run: (network, model, config, content id, example
     input batch for export)."""
     from hypermeta.runs import load_hypermodel
 
     if (support is None) == (descriptor is None):
         raise ValueError("pass exactly one of --support FILE or --descriptor VALUE")
-    run = load_hypermodel(run_dir, which=which)
+    run = load_hypermodel(run_dir, which=which, allow_data_change=allow_data_change)
     model, config, source, cid = run.hypermodel, run.config, run.tasks, run.content_id
     if support is not None:
         if not support.is_file():
@@ -187,11 +187,13 @@ def generate(
     support: SupportOption = None,
     descriptor: DescriptorOption = None,
     which: Which = "best",
+    allow_data_change: AllowDataChange = False,
 ) -> None:
     """Generate one task's standalone network (safetensors + architecture JSON)."""
     from hypermeta.export import export_network
 
-    network, _, config, cid, example = _task_network(run_dir, support, descriptor, which)
+    network, _, config, cid, example = _task_network(run_dir, support, descriptor, which,
+                                                     allow_data_change)
     export_network(network, out, "safetensors", example=example,
                    architecture=getattr(network, "config", config.target.model_dump()),
                    content_id=cid)
@@ -210,6 +212,7 @@ def export(
     hypernet: Annotated[bool, typer.Option("--hypernet", help="Export the generator itself "
                                            "(encoder + hypernetwork) to ONNX instead.")] = False,
     which: Which = "best",
+    allow_data_change: AllowDataChange = False,
 ) -> None:
     """Export one task's generated network (or, with --hypernet, the generator) to a model
     that loads without hypermeta."""
@@ -221,12 +224,13 @@ def export(
     if hypernet:
         if fmt != "onnx":
             raise ValueError("--hypernet exports to ONNX only (--format onnx)")
-        run = load_hypermodel(run_dir, which=which)
+        run = load_hypermodel(run_dir, which=which, allow_data_change=allow_data_change)
         model, source = run.hypermodel, run.tasks
         export_generator(model, out, generator_example(model, source))
         typer.echo(f"wrote {out} (generator: {model.target.spec.numel()} parameters per task)")
         return
-    network, _, config, cid, example = _task_network(run_dir, support, descriptor, which)
+    network, _, config, cid, example = _task_network(run_dir, support, descriptor, which,
+                                                     allow_data_change)
     export_network(network, out, fmt, example=example,
                    architecture=getattr(network, "config", config.target.model_dump()),
                    content_id=cid)

@@ -104,8 +104,14 @@ class Registry(Generic[T]):
         if name not in self._entries and name not in self._lazy:
             self._scan_entry_points()
         if name in self._lazy:
-            module, _, attr = self._lazy.pop(name).partition(":")
-            self._entries[name] = getattr(importlib.import_module(module), attr)
+            module, _, attr = self._lazy[name].partition(":")
+            try:
+                self._entries[name] = getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError) as err:
+                raise ImportError(f"{self.what} {name!r} is registered as {self._lazy[name]!r}, "
+                                  f"which cannot be imported ({err}); is its package (or "
+                                  "hypermeta extra) installed?") from None
+            del self._lazy[name]
         if name in self._entries:
             return self._entries[name]
         raise UnknownNameError(f"unknown {self.what} {name!r}; known: {self.names()}")
@@ -154,9 +160,9 @@ def accepted_keywords(builder: Callable[..., Any]) -> tuple[set[str], set[str], 
 
 # ------------------------------------------------------------------------------ the registries
 # One place for every table. Built-ins register where they are defined (targets in networks.py,
-# encoders in encoders.py, hypernetworks in hypernets.py, kinds in kinds.py, task families in
-# tasks/); methods and ``data prepare`` sources are registered lazily here so that a process
-# that never trains (the server) never imports the trainer or the baselines.
+# encoders in encoders.py, hypernetworks in hypernets.py, kinds in kinds.py, task families and
+# data sources in tasks/); methods are registered lazily in config.py (the run layer), so that
+# a process that never trains (the server) never imports the trainer or the baselines.
 TARGETS: Registry[Callable[..., Any]] = Registry("target")
 """name -> ``nn.Module`` class (or builder) taking the config's keywords: ``{name: mlp, ...}``."""
 HYPERNETS: Registry[Callable[..., Any]] = Registry("hypernet")
@@ -176,10 +182,6 @@ INPUT_DECODERS: Registry[Any] = Registry("input decoder")
 model inputs, and their OpenAPI form (a task family names its format in
 ``TaskSource.input_format``)."""
 
-METHODS.register_lazy("hypernet", "hypermeta.runs:build_hypermodel")
-for _name in ("maml", "fomaml", "protonet", "scratch"):
-    METHODS.register_lazy(_name, f"hypermeta.baselines:build_{_name}")
-DATA_SOURCES.register_lazy("omniglot", "hypermeta.tasks.omniglot:prepare_omniglot")
 
 
 @dataclass(frozen=True)

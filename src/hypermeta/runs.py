@@ -180,8 +180,9 @@ def load_run(run_dir: str | Path, *, which: str = "best", target: nn.Module | No
     if recorded != current and not allow_data_change:
         changed = sorted(k for k in {*recorded, *current} if recorded.get(k) != current.get(k))
         raise ValueError(f"{run_dir} was trained on other data than {tasks.name!r} reads now "
-                         f"(differs: {changed}); point --data-dir at the run's data, or pass "
-                         "allow_data_change=True (--allow-data-change) to evaluate anyway")
+                         f"(differs: {changed}); point the family at the run's data (its "
+                         "tasks.data_dir / root / path, or HYPERMETA_DATA), or pass "
+                         "allow_data_change=True (--allow-data-change) to use it anyway")
     learner = build_learner(config, tasks, target)
     try:
         learner.load_state_dict(weights)
@@ -201,12 +202,14 @@ def load_hypermodel(run_dir: str | Path, *, which: str = "best",
     return run
 
 
-def load(run_dir: str | Path, *, which: str = "best",
-         target: nn.Module | None = None) -> Learner:
-    """The trained learner of a run folder (a ``HyperModel`` for hypernet runs), in eval mode.
+def load(run_dir: str | Path, *, which: str = "best", target: nn.Module | None = None,
+         allow_data_change: bool = False) -> Learner:
+    """The trained learner of a run folder (a ``HyperModel`` for hypernet runs), in eval mode
+    (arguments as ``load_run``).
 
     Example:
         >>> model = hypermeta.load("runs/sin5")
         >>> nets = model.generate(episode)
     """
-    return load_run(run_dir, which=which, target=target).learner
+    return load_run(run_dir, which=which, target=target,
+                    allow_data_change=allow_data_change).learner

@@ -29,8 +29,6 @@ Selection = str | type[nn.Module] | Sequence[str | type[nn.Module]]
 _P = TypeVar("_P", bound=Part)
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
-# Messages torch raises when an op has no vmap batching rule (only these trigger the loop).
-_VMAP_UNSUPPORTED = ("batching rule", "vmap: ", "not supported with vmap", "vmap over")
 
 
 class FunctionalTarget(nn.Module):
@@ -276,14 +274,17 @@ class FunctionalTarget(nn.Module):
         self.check(params, x)
         if x.shape[0] == 1:  # one task (serving, adaptation latency): vmap would only add cost
             return self._call_one({n: p[0] for n, p in params.items()}, x[0])[None]
-        if self._use_vmap:
-            try:
-                return vmap(self._call_one, randomness="different")(params, x)
-            except RuntimeError as err:
-                if not any(s in str(err) for s in _VMAP_UNSUPPORTED):
-                    raise
-                self._use_vmap = False
-                self._warn_loop(f"vmap failed ({str(err).splitlines()[0][:160]})")
+        if not self._use_vmap:
+            return self._loop(params, x)
+        try:
+            return vmap(self._call_one, randomness="different")(params, x)
+        except RuntimeError as err:  # no batching rule, or an error of the module itself:
+            out = self._loop(params, x)  # the loop tells them apart (it raises the latter)
+            self._use_vmap = False
+            self._warn_loop(f"vmap failed ({str(err).splitlines()[0][:160]})")
+            return out
+
+    def _loop(self, params: Params, x: Tensor) -> Tensor:
         outs = [self._call_one({n: p[i] for n, p in params.items()}, x[i])
                 for i in range(x.shape[0])]
         return torch.stack(outs)

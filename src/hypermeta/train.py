@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -145,15 +146,21 @@ def fit(config: RunConfig, run_dir: str | Path, *, target: nn.Module | None = No
                     callbacks=callbacks)
 
 
+def _identity(config: dict[str, Any]) -> dict[str, Any]:
+    # what makes two configs the same run: all but the settings that cannot change results
+    return {k: v for k, v in config.items() if k not in ("threads",)}
+
+
 def _fit(config: RunConfig, run_dir: Path, *, target: nn.Module | None, resume: bool,
          max_steps: int | None, callbacks: Sequence[Callback]) -> FitResult:
     config_json = config.to_json()
-    last, best = run_dir / "last.safetensors", run_dir / "best.safetensors"
-    if (run_dir / "config.json").exists():
+    last = run_dir / "last.safetensors"
+    fresh = not (run_dir / "config.json").exists()
+    if not fresh:
         old = json.loads((run_dir / "config.json").read_text())
         with contextlib.suppress(ConfigError):  # older versions, fields added since
             old = json.loads(RunConfig.from_saved(old).to_json())  # do not make it different
-        if old != json.loads(config_json):
+        if _identity(old) != _identity(json.loads(config_json)):
             raise ConfigError(f"{run_dir} holds a run with a different config; choose another "
                               "output folder or delete it")
         if not resume:
@@ -161,10 +168,53 @@ def _fit(config: RunConfig, run_dir: Path, *, target: nn.Module | None, resume: 
     torch.manual_seed(config.seed)  # model initialisation
     tasks = build_tasks(config)  # may fail on missing data: before anything is written
     learner = build_learner(config, tasks, target)
-    kind = tasks.kind
+    val_set = tasks.fixed_tasks("val", config.train.val_tasks)
+    _probe(learner, tasks, val_set, config)  # runs once, fits the labels: before any write
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(run_dir / "config.json", (json.dumps(json.loads(config_json), indent=2)
-                                                + "\n").encode())
+    if fresh:
+        atomic_write_bytes(run_dir / "config.json",
+                           (json.dumps(json.loads(config_json), indent=2) + "\n").encode())
+    try:
+        return _train(config, run_dir, config_json, tasks, learner, val_set, max_steps,
+                      callbacks)
+    except BaseException:
+        if fresh and not last.exists():  # no checkpoint yet: leave no half-made run behind
+            for leftover in ("config.json", "metrics.jsonl"):
+                (run_dir / leftover).unlink(missing_ok=True)
+            shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        raise
+
+
+def _probe(learner: Learner, tasks: Any, val_set: Any, config: RunConfig) -> None:
+    """One evaluation task through the learner and the kind's loss, before anything is
+    written: a target whose output does not fit the labels (an out_dim that is not the way
+    count, say) is a clear error here, not a traceback after the run folder exists."""
+    if config.train.pretrain_steps and not hasattr(learner, "target"):
+        raise ConfigError(f"train.pretrain_steps: pre-training applies to hypernet and MAML "
+                          f"runs, not {config.method}")
+    one = val_set.slice(0, 1)
+    state = torch.get_rng_state()
+    try:
+        learner.eval()
+        pred = learner.predict(one)
+        tasks.kind.per_task_loss(pred, one.query_y)
+    except (IndexError, RuntimeError, ValueError) as err:
+        shape = list(pred.shape) if "pred" in locals() else "?"
+        raise ConfigError(f"the {config.method} learner does not fit task family "
+                          f"{tasks.name!r} ({tasks.kind.name}, out_dim {tasks.out_dim}): "
+                          f"predictions {shape} vs labels {list(one.query_y.shape)}: "
+                          f"{str(err).splitlines()[0]}") from None
+    finally:
+        torch.set_rng_state(state)
+        learner.train()
+
+
+def _train(config: RunConfig, run_dir: Path, config_json: str, tasks: Any, learner: Learner,
+           val_set: Any, max_steps: int | None, callbacks: Sequence[Callback]) -> FitResult:
+    kind = tasks.kind
+    last, best = run_dir / "last.safetensors", run_dir / "best.safetensors"
     params = [p for p in learner.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params or [nn.Parameter(torch.zeros(1))], lr=config.train.lr,
                                  weight_decay=config.train.weight_decay)
@@ -192,7 +242,6 @@ def _fit(config: RunConfig, run_dir: Path, *, target: nn.Module | None, resume: 
         if config.train.pretrain_steps:
             _pretrain(learner, tasks, config, generator)
     train_steps = config.train.steps if params else 0
-    val_set = tasks.fixed_tasks("val", config.train.val_tasks)
     stop_at = train_steps if max_steps is None else min(train_steps, state["step"] + max_steps)
     writer = _tensorboard(run_dir)
 

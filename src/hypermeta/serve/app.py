@@ -68,7 +68,7 @@ class ErrorBody(BaseModel):
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    words = {400: "the body is not decodable JSON", 401: "missing or wrong bearer token",
+    words = {400: "the body cannot be read (not UTF-8 text)", 401: "missing or wrong bearer token",
              404: "unknown task id",
              409: "the task was made by another model version", 413: "body or rows over limit",
              422: "invalid input"}

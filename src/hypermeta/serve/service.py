@@ -208,14 +208,18 @@ class TaskService:
         try:
             with self.model_lock:
                 params = self.model.adapted_params(episode)
-        except ValueError as err:
-            raise ServiceError(" ".join(str(err).split())) from None
+        except (ValueError, IndexError, RuntimeError) as err:  # bad values: 4xx, never 5xx
+            raise ServiceError(" ".join(str(err).split())[:500]) from None
         return params
 
     def predict(self, params: Params, x: Tensor) -> dict[str, Any]:
         """One task's predictions for inputs ``x``, as the kind's JSON."""
-        with self.model_lock, torch.no_grad():
-            out = self.model.target(params, x[None])[0]
+        try:
+            with self.model_lock, torch.no_grad():
+                out = self.model.target(params, x[None])[0]
+        except (ValueError, IndexError, RuntimeError) as err:
+            raise ServiceError("the model cannot run on these inputs: "
+                               + " ".join(str(err).split())[:400]) from None
         if not bool(torch.isfinite(out).all()):
             raise ServiceError("the model's predictions for these inputs are not finite "
                                "(inputs or support values far outside the training range?)")
@@ -251,6 +255,10 @@ class TaskService:
         with self.cache_lock:
             self.cache_stats["misses"] += 1
         self._cache_put(task_id, params)
+        if self.store.get(task_id) is None:  # deleted while it was being regenerated
+            with self.cache_lock:
+                self.cache.pop(task_id, None)
+            raise ServiceError(f"unknown task id {task_id!r}", 404, "task_id")
         return params
 
     # --------------------------------------------------------------------------- actions

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypermeta.registry import TASK_FAMILIES
+from hypermeta.registry import DATA_SOURCES, TASK_FAMILIES
 from hypermeta.tasks import inputs  # noqa: F401  (registers the input decoders)
 from hypermeta.tasks.arrays import LabeledArrayTasks
 from hypermeta.tasks.base import SPLITS, FunctionTasks, Split, TaskSource, split_seed
@@ -20,6 +20,7 @@ TASK_FAMILIES.register("sinusoid", SinusoidTasks)
 TASK_FAMILIES.register("linear", LinearTasks)
 TASK_FAMILIES.register("mixed", MixedTasks)
 TASK_FAMILIES.register("omniglot", omniglot_tasks)
+DATA_SOURCES.register_lazy("omniglot", "hypermeta.tasks.omniglot:prepare_omniglot")
 TASK_FAMILIES.register("folder", folder_tasks)
 TASK_FAMILIES.register("table", table_tasks)
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 
 from hypermeta.encoders import stable_hash
 from hypermeta.tasks.arrays import LabeledArrayTasks, split_classes
@@ -279,10 +280,15 @@ def folder_tasks(*, root: str, ways: int = 5, shots: int = 1, queries: int = 5,
     log.info("folder tasks: %d %s files in %d classes under %s (train %d, val %d, test %d)",
              len(rows), scan.file_type, len(used), scan.root, len(split["train"]),
              len(split["val"]), len(split["test"]))
-    return LabeledArrayTasks(
+    source = LabeledArrayTasks(
         x, np.asarray(labels, dtype=np.int64), ways=ways, shots=shots, queries=queries,
         classes={s: [class_id[n] for n in split[s]] for s in SPLITS}, name="folder",
         x_scale=1 / 255 if scan.file_type == "image" else 1.0, provenance=provenance)
+    if scan.file_type == "text":  # served models take the texts themselves over HTTP
+        source.input_format = "text"
+        source.encode_text = lambda texts: torch.as_tensor(  # type: ignore[attr-defined]
+            np.stack([bag_of_words(t, text_features) for t in texts]))
+    return source
 
 
 def _check_counts(scan: FolderScan, split: dict[str, list[str]], ways: int,

@@ -84,7 +84,10 @@ def decode_integers(values: Any, source: Any, name: str) -> Tensor:
     ``[N, *x_shape]``, each in ``0..source.vocab_size - 1`` when the family declares one."""
     rows = _rows(values, name)
     _check_leaves(rows, tuple(source.x_shape), name, integer=True)
-    data = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+    try:
+        data = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+    except OverflowError:
+        raise ValueError(f"{name} holds an id beyond the int64 range") from None
     vocab = getattr(source, "vocab_size", None)
     if data.numel() and (int(data.min()) < 0 or (vocab is not None and int(data.max()) >= vocab)):
         upper = "" if vocab is None else f"..{vocab - 1}"
@@ -109,8 +112,8 @@ def decode_text(values: Any, source: Any, name: str) -> Tensor:
 
 def _id(source: Any) -> Any:
     vocab = getattr(source, "vocab_size", None)
-    return Annotated[StrictInt, Field(ge=0)] if vocab is None else \
-        Annotated[StrictInt, Field(ge=0, le=vocab - 1)]
+    upper = 2**63 - 1 if vocab is None else vocab - 1
+    return Annotated[StrictInt, Field(ge=0, le=upper)]
 
 
 INPUT_DECODERS.register("numbers", InputFormat(
