@@ -83,3 +83,26 @@ def test_editing_the_format_does_not_skip_the_state_digest(tmp_path):
     safetensors.torch.save_file(safetensors.torch.load_file(last), str(last), metadata=metadata)
     with pytest.raises(CheckpointError, match="or its format"):
         load_checkpoint(last)
+
+
+def test_early_format_2_files_with_a_state_only_digest_still_load(tmp_path):
+    from hypermeta.checkpoint import state_digest
+
+    config = hypermeta.RunConfig.from_dict({
+        "tasks": {"name": "sinusoid", "shots": 5}, "target": {"name": "mlp", "in_dim": 1,
+                                                                "out_dim": 1, "hidden": [8]},
+        "encoder": {"kind": "set", "dim": 8, "hidden": 8}, "hypernet": {"hidden": [8]},
+        "train": {"steps": 2, "meta_batch": 2, "val_every": 2, "val_tasks": 4}})
+    hypermeta.fit(config, tmp_path / "run")
+    last = tmp_path / "run" / "last.safetensors"
+    tensors = safetensors.torch.load_file(last)
+    with safetensors.safe_open(str(last), "pt") as handle:
+        metadata = dict(handle.metadata())
+    extra = {k.removeprefix("extra/"): v for k, v in tensors.items() if k.startswith("extra/")}
+    metadata["state_digest"] = state_digest(extra, metadata["state"])  # the early /2 form
+    safetensors.torch.save_file(tensors, str(last), metadata=metadata)
+    load_checkpoint(last)
+    metadata["format"] = "hypermeta-checkpoint/1"  # and that form cannot hide a format edit
+    safetensors.torch.save_file(tensors, str(last), metadata=metadata)
+    with pytest.raises(CheckpointError, match="or its format"):
+        load_checkpoint(last)

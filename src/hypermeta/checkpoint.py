@@ -114,8 +114,13 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Tens
     # every format but /1 carries a state digest over (format + state JSON, extra tensors);
     # a /1 file with a digest is a /2 file whose format was edited
     if metadata["format"] != "hypermeta-checkpoint/1" or "state_digest" in metadata:
+        stored = metadata.get("state_digest")
         expected = state_digest(extra, metadata["format"] + metadata["state"])
-        if metadata.get("state_digest") != expected:
+        # early /2 files digested the state alone; accepting that for /2 opens no hole (an
+        # edited format changes the first digest and is never /2 with the second)
+        early = metadata["format"] == FORMAT and stored == state_digest(extra,
+                                                                          metadata["state"])
+        if stored != expected and not early:
             raise CheckpointError(f"checkpoint {path} is corrupted: its optimizer, RNG or "
                                   "training state (or its format) does not match its state "
                                   "digest (resuming would diverge)")
