@@ -102,9 +102,11 @@ def test_a_diverging_task_keeps_its_last_finite_parameters_and_others_are_unaffe
               "bias": torch.zeros(2, 1, dtype=torch.float64)}
     x = torch.tensor([[[1.0]], [[1e200]]], dtype=torch.float64)  # task 1: its loss overflows
     episode = Episode(x, torch.zeros(2, 1, 1, dtype=torch.float64), x)
-    tuned = adapt(target, params, episode, REGRESSION, steps=3, lr=0.1)
+    tuned = adapt(target, params, episode, REGRESSION, steps=3, lr=0.1, keep_finite=True)
     assert all(bool(torch.isfinite(v).all()) for v in tuned.values())
     torch.testing.assert_close(tuned["weight"][1], params["weight"][1])  # never stepped
     alone = adapt(target, {k: v[:1] for k, v in params.items()}, episode.task(0), REGRESSION,
                   steps=3, lr=0.1)
+    unguarded = adapt(target, params, episode, REGRESSION, steps=3, lr=0.1)  # MAML's default
+    assert not bool(torch.isfinite(unguarded["weight"][1]).all())
     torch.testing.assert_close(tuned["weight"][:1], alone["weight"])

@@ -16,7 +16,8 @@ from hypermeta.target import FunctionalTarget
 
 
 def adapt(target: FunctionalTarget, params: Params, episode: Episode, kind: TaskKind, *,
-          steps: int, lr: float, create_graph: bool = False) -> Params:
+          steps: int, lr: float, create_graph: bool = False,
+          keep_finite: bool = False) -> Params:
     """``steps`` SGD steps of every task's params on its support set; returns the new params.
 
     Arguments:
@@ -28,8 +29,10 @@ def adapt(target: FunctionalTarget, params: Params, episode: Episode, kind: Task
         kind: the task kind whose ``per_task_loss`` is minimised.
         steps, lr: number and size of the steps; deterministic (no sampling).
 
-    A task whose step would leave a non-finite value (diverging SGD) keeps its last finite
-    parameters from then on; the others are unaffected.
+        keep_finite: a task whose step would leave a non-finite value (SGD diverging on
+            extreme support values) keeps its last finite parameters; the others are
+            unaffected. A few extra ops per step (no device sync): on for the fine-tuning of
+            generated networks, off for MAML's inner loop (as published).
     """
     if steps == 0:
         return params
@@ -42,7 +45,7 @@ def adapt(target: FunctionalTarget, params: Params, episode: Episode, kind: Task
                                       episode.support_y).sum()
             grads = torch.autograd.grad(loss, list(current.values()), create_graph=create_graph)
             stepped = {n: p - lr * g for (n, p), g in zip(current.items(), grads)}
-            current = _keep_finite(stepped, current)
+            current = _keep_finite(stepped, current) if keep_finite else stepped
     return current
 
 

@@ -208,17 +208,17 @@ class HyperModel(Learner):
         task on its own support set. Detached from the hypernetwork. A ``ValueError`` names
         the tasks whose parameters are not finite (support values far outside the training
         range, e.g. ``support_y`` of 1e30, overflow inside the model)."""
-        return self._adapted(self.prepare(episode), finetune_steps)
+        params = self._adapted(self.prepare(episode), finetune_steps)
+        _require_finite(params.values(), "generated parameters")
+        return params
 
     def _adapted(self, episode: Episode, finetune_steps: int | None) -> Params:
         with torch.no_grad():
             params = self._generate(episode)
         steps = self.finetune_steps if finetune_steps is None else finetune_steps
         tuned = adapt(self.target, params, episode, self.kind, steps=steps,
-                      lr=self.finetune_lr)
-        out = {n: p.detach() for n, p in tuned.items()}
-        _require_finite(out.values(), "generated parameters")
-        return out
+                      lr=self.finetune_lr, keep_finite=True)
+        return {n: p.detach() for n, p in tuned.items()}
 
     def predict(self, episode: Episode, finetune_steps: int | None = None) -> Tensor:
         """Evaluation path: generate (and optionally fine-tune) each task's network, then
