@@ -257,13 +257,14 @@ def test_chunked_bodies_are_refused_while_streaming_and_auth_comes_first(run_dir
     app = create_app(run_dir, state_dir=tmp_path / "s2", max_body_bytes=50_000, token="s3cret")
     for headers, status, most_chunks in (([], 401, 0),
                                          ([(b"authorization", b"Bearer s3cret")], 413, 6)):
-        read, answers = {"chunks": 0}, []
+        read: dict[str, int] = {"chunks": 0}
+        answers: list[dict] = []
 
-        async def receive():
+        async def receive(read=read):
             read["chunks"] += 1
             return {"type": "http.request", "body": b" " * 10_000, "more_body": True}
 
-        async def send(message):
+        async def send(message, answers=answers):
             answers.append(message)
 
         scope = {"type": "http", "method": "POST", "path": "/v1/predict", "headers": headers}
