@@ -18,6 +18,18 @@ V1_RUN = Path(__file__).parent / "data" / "v1-sinusoid"
 V1_TEST_MSE_20 = 3.3959898948669434
 
 
+SMALL = {"tasks": {"name": "sinusoid", "shots": 5},
+         "target": {"name": "mlp", "in_dim": 1, "out_dim": 1, "hidden": [8]},
+         "encoder": {"kind": "set", "dim": 8, "hidden": 8}, "hypernet": {"hidden": [8]},
+         "train": {"steps": 4, "meta_batch": 2, "val_every": 2, "val_tasks": 4}}
+
+
+def small_run(tmp_path, max_steps=None):
+    """A tiny sinusoid run; returns its last checkpoint."""
+    hypermeta.fit(hypermeta.RunConfig.from_dict(SMALL), tmp_path / "run", max_steps=max_steps)
+    return tmp_path / "run" / "last.safetensors"
+
+
 def test_a_v1_checkpoint_loads_and_evaluates_as_before(tmp_path):
     run = hypermeta.load_run(V1_RUN)
     assert isinstance(run.learner, hypermeta.HyperModel) and run.config.version == 2
@@ -38,13 +50,7 @@ def test_an_unknown_checkpoint_format_names_the_versions_it_reads(tmp_path):
 
 
 def test_a_flipped_byte_in_the_optimizer_state_is_refused(tmp_path):
-    config = hypermeta.RunConfig.from_dict({
-        "tasks": {"name": "sinusoid", "shots": 5}, "target": {"name": "mlp", "in_dim": 1,
-                                                                "out_dim": 1, "hidden": [8]},
-        "encoder": {"kind": "set", "dim": 8, "hidden": 8}, "hypernet": {"hidden": [8]},
-        "train": {"steps": 4, "meta_batch": 2, "val_every": 2, "val_tasks": 4}})
-    hypermeta.fit(config, tmp_path / "run", max_steps=2)
-    last = tmp_path / "run" / "last.safetensors"
+    last = small_run(tmp_path, max_steps=2)
     load_checkpoint(last)  # intact: loads
     with safetensors.safe_open(str(last), "pt") as handle:
         metadata = dict(handle.metadata())
@@ -56,7 +62,7 @@ def test_a_flipped_byte_in_the_optimizer_state_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="optimizer, RNG or training state"):
         load_checkpoint(last)
     with pytest.raises(CheckpointError):
-        hypermeta.fit(config, tmp_path / "run")  # resuming refuses it too
+        hypermeta.fit(hypermeta.RunConfig.from_dict(SMALL), tmp_path / "run")  # resume too
     # the training state JSON (step counter, best value) is covered as well
     shutil.copy(tmp_path / "run" / "best.safetensors", last)
     with safetensors.safe_open(str(last), "pt") as handle:
@@ -70,13 +76,7 @@ def test_a_flipped_byte_in_the_optimizer_state_is_refused(tmp_path):
 
 
 def test_editing_the_format_does_not_skip_the_state_digest(tmp_path):
-    config = hypermeta.RunConfig.from_dict({
-        "tasks": {"name": "sinusoid", "shots": 5}, "target": {"name": "mlp", "in_dim": 1,
-                                                                "out_dim": 1, "hidden": [8]},
-        "encoder": {"kind": "set", "dim": 8, "hidden": 8}, "hypernet": {"hidden": [8]},
-        "train": {"steps": 2, "meta_batch": 2, "val_every": 2, "val_tasks": 4}})
-    hypermeta.fit(config, tmp_path / "run")
-    last = tmp_path / "run" / "last.safetensors"
+    last = small_run(tmp_path)
     with safetensors.safe_open(str(last), "pt") as handle:
         metadata = dict(handle.metadata())
     metadata["format"] = "hypermeta-checkpoint/1"  # pretend to be a digest-less old file
@@ -88,13 +88,7 @@ def test_editing_the_format_does_not_skip_the_state_digest(tmp_path):
 def test_early_format_2_files_with_a_state_only_digest_still_load(tmp_path):
     from hypermeta.checkpoint import state_digest
 
-    config = hypermeta.RunConfig.from_dict({
-        "tasks": {"name": "sinusoid", "shots": 5}, "target": {"name": "mlp", "in_dim": 1,
-                                                                "out_dim": 1, "hidden": [8]},
-        "encoder": {"kind": "set", "dim": 8, "hidden": 8}, "hypernet": {"hidden": [8]},
-        "train": {"steps": 2, "meta_batch": 2, "val_every": 2, "val_tasks": 4}})
-    hypermeta.fit(config, tmp_path / "run")
-    last = tmp_path / "run" / "last.safetensors"
+    last = small_run(tmp_path)
     tensors = safetensors.torch.load_file(last)
     with safetensors.safe_open(str(last), "pt") as handle:
         metadata = dict(handle.metadata())
