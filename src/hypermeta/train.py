@@ -191,9 +191,7 @@ def _probe(learner: Learner, tasks: Any, val_set: Any, config: RunConfig) -> Non
     """One evaluation task through the learner and the kind's loss, before anything is
     written: a target whose output does not fit the labels (an out_dim that is not the way
     count, say) is a clear error here, not a traceback after the run folder exists."""
-    if config.train.pretrain_steps and not hasattr(learner, "target"):
-        raise ConfigError(f"train.pretrain_steps: pre-training applies to hypernet and MAML "
-                          f"runs, not {config.method}")
+    _check_pretrain(learner, config)
     one = val_set.slice(0, 1)
     state = torch.get_rng_state()
     try:
@@ -209,6 +207,15 @@ def _probe(learner: Learner, tasks: Any, val_set: Any, config: RunConfig) -> Non
     finally:
         torch.set_rng_state(state)
         learner.train()
+
+
+def _check_pretrain(learner: Learner, config: RunConfig) -> None:
+    from hypermeta.baselines import MAML
+    from hypermeta.model import HyperModel
+
+    if config.train.pretrain_steps and not isinstance(learner, (HyperModel, MAML)):
+        raise ConfigError(f"train.pretrain_steps: pre-training applies to hypernet and MAML "
+                          f"runs, not {config.method}")
 
 
 def _train(config: RunConfig, run_dir: Path, config_json: str, tasks: Any, learner: Learner,
@@ -351,9 +358,8 @@ def _pretrain(learner: Learner, tasks: Any, config: RunConfig,
     from hypermeta.baselines import MAML
     from hypermeta.model import HyperModel
 
-    if not isinstance(learner, (HyperModel, MAML)):
-        raise ConfigError(f"train.pretrain_steps: pre-training applies to hypernet and MAML "
-                          f"runs, not {config.method}")
+    _check_pretrain(learner, config)
+    assert isinstance(learner, (HyperModel, MAML))
     target = learner.target
     spec = target.spec
     flat = nn.Parameter(spec.flatten(target.initial_params()).clone())
