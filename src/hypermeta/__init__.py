@@ -69,6 +69,13 @@ if TYPE_CHECKING:
 
 __version__ = "0.2.0"
 
+# The methods, imported only when a config names one (so the server never imports a baseline).
+# Registered here, where the package is wired together, so that no core module names a run
+# module, and every process that imports any part of hypermeta has them.
+METHODS.register_lazy("hypernet", "hypermeta.runs:build_hypermodel")
+for _name in ("maml", "fomaml", "protonet", "scratch"):
+    METHODS.register_lazy(_name, f"hypermeta.baselines:build_{_name}")
+
 # the run layer, imported on first use: name -> module
 _LAZY = {
     "Callback": "hypermeta.train", "FitResult": "hypermeta.train", "fit": "hypermeta.train",

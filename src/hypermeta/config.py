@@ -44,11 +44,6 @@ from hypermeta.registry import (
 
 CONFIG_VERSION = 2  # 1: hypermeta 0.1.0 (flat encoder/hypernet sections)
 
-# the methods, imported only when a config names them (the server never imports a baseline)
-METHODS.register_lazy("hypernet", "hypermeta.runs:build_hypermodel")
-for _name in ("maml", "fomaml", "protonet", "scratch"):
-    METHODS.register_lazy(_name, f"hypermeta.baselines:build_{_name}")
-
 
 class ConfigError(ValueError):
     """A configuration is invalid; the message lists every problem, one per line."""

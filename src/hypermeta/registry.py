@@ -161,8 +161,8 @@ def accepted_keywords(builder: Callable[..., Any]) -> tuple[set[str], set[str], 
 # ------------------------------------------------------------------------------ the registries
 # One place for every table. Built-ins register where they are defined (targets in networks.py,
 # encoders in encoders.py, hypernetworks in hypernets.py, kinds in kinds.py, task families and
-# data sources in tasks/); methods are registered lazily in config.py (the run layer), so that
-# a process that never trains (the server) never imports the trainer or the baselines.
+# data sources in tasks/); methods are registered lazily in hypermeta/__init__.py, so that a
+# process that never trains (the server) never imports the trainer or the baselines.
 TARGETS: Registry[Callable[..., Any]] = Registry("target")
 """name -> ``nn.Module`` class (or builder) taking the config's keywords: ``{name: mlp, ...}``."""
 HYPERNETS: Registry[Callable[..., Any]] = Registry("hypernet")
