@@ -314,8 +314,9 @@ def test_schemathesis_with_all_checks_reports_nothing(tmp_path, encoder):
             [str(Path(sys.executable).with_name("st")), "run",
              f"http://127.0.0.1:{port}/openapi.json", "--checks", "all", "--max-examples", "25",
              "--max-time", "60", "--request-timeout", "10", "--generation-deterministic"],
-            capture_output=True, text=True, timeout=400, cwd=root,
-            env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks"})
+            capture_output=True, text=True, timeout=400, cwd=tmp_path,  # its caches stay there
+            env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks",
+                 "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])})
     finally:
         server.kill()
         server.wait(timeout=10)
