@@ -303,7 +303,9 @@ def table_tasks(*, path: str, task_column: str, target_column: str,
     if blank:
         problems.append(f"column {task_column!r} is empty in rows {blank[:10]}")
     class_names: list[str] | None = None
-    if kind == "classification":
+    if kind not in ("regression", "classification"):
+        raise ValueError(f"kind must be 'regression' or 'classification', got {kind!r}")
+    if get_kind(kind).uses_classes:
         labels = [str(v).strip() if v is not None else "" for v in columns[target_column]]
         blank = [i + 1 for i, v in enumerate(labels) if not v]
         if blank:
@@ -311,10 +313,8 @@ def table_tasks(*, path: str, task_column: str, target_column: str,
         class_names = _class_order([v for v in labels if v])
         index = {name: i for i, name in enumerate(class_names)}
         y = np.array([index.get(v, 0) for v in labels], dtype=np.int64)  # (N,)
-    elif kind == "regression":
-        y = _numbers(target_column, columns[target_column], problems)  # (N,)
     else:
-        problems.append(f"kind must be 'regression' or 'classification', got {kind!r}")
+        y = _numbers(target_column, columns[target_column], problems)  # (N,)
     if problems:
         raise ValueError(f"table {path}: " + "; ".join(problems))
     split = resolve_split(sorted(set(task_of_row)), tasks, fractions, seed, what="tasks")
