@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean system-deps
+
+# Data from Debian packages, read in place: WordNet 3.0 for the text tasks (and their tests).
+WORDNET_FILE := /usr/share/wordnet/data.noun
 
 # Benchmark data is never committed: use ../shared/data when it exists, unless already set.
 ifeq ($(HYPERMETA_DATA),)
@@ -21,10 +24,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[all,dev]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+system-deps:
+	@if [ ! -f $(WORDNET_FILE) ] && [ -z "$$HYPERMETA_WORDNET" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's wordnet-base (WordNet 3.0, for the text tasks)"; \
+	    apt-get install -y -q wordnet-base >/dev/null || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q wordnet-base >/dev/null; }; \
+	  else \
+	    echo "WordNet 3.0 is missing: run 'sudo apt-get install wordnet-base' (or set"; \
+	    echo "HYPERMETA_WORDNET to a WordNet dict folder); the text tasks and tests read it."; \
+	    exit 1; \
+	  fi; \
+	fi
+
+demo: $(STAMP) system-deps
 	$(BIN)/python examples/sinusoid_demo.py
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

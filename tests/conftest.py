@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 # One intra-op thread for the suite and every process it starts (CLI and server tests): the
 # models here are tiny, and with another CPU-bound process on the machine, torch's spinning
@@ -8,6 +9,9 @@ import os
 # threading.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# MiniLM embeddings the tests compute are cached in a folder of this session, never in the
+# user's ~/.cache/hypermeta.
+os.environ["HYPERMETA_CACHE"] = tempfile.mkdtemp(prefix="hypermeta-test-cache-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

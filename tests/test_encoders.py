@@ -102,7 +102,9 @@ def test_text_encoder_embeds_offline_caches_and_is_semantic(monkeypatch):
     cos = torch.nn.functional.cosine_similarity
     assert cos(sentences[0], sentences[1], dim=0) > cos(sentences[0], sentences[2], dim=0)
     with monkeypatch.context() as patch:  # a second call must come from the cache
-        patch.setattr(enc, "_sentence_model", lambda: pytest.fail("cache missed"))
+        from hypermeta.text import shared_embedder
+
+        patch.setattr(shared_embedder(), "_model", lambda: pytest.fail("cache missed"))
         torch.testing.assert_close(enc.embed_text(texts[::-1]), sentences.flip(0))
     z = enc(episode(texts))
     assert z.shape == (3, 16)

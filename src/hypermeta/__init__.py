@@ -60,8 +60,8 @@ from hypermeta.spec import Init, Params, ParamSpec
 from hypermeta.target import FunctionalTarget
 
 if TYPE_CHECKING:
-    from hypermeta.checkpoint import atomic_write_json
     from hypermeta.config import ConfigError, RunConfig
+    from hypermeta.files import atomic_write_json
     from hypermeta.progress import ProgressBar
     from hypermeta.runs import Run, load, load_run
     from hypermeta.tasks import LabeledArrayTasks, TaskSource, get_tasks
@@ -79,7 +79,7 @@ for _name in ("maml", "fomaml", "protonet", "scratch"):
 # the run layer, imported on first use: name -> module
 _LAZY = {
     "Callback": "hypermeta.train", "FitResult": "hypermeta.train", "fit": "hypermeta.train",
-    "atomic_write_json": "hypermeta.checkpoint",
+    "atomic_write_json": "hypermeta.files",
     "ConfigError": "hypermeta.config", "RunConfig": "hypermeta.config",
     "ProgressBar": "hypermeta.progress",
     "Run": "hypermeta.runs", "load": "hypermeta.runs", "load_run": "hypermeta.runs",

@@ -1,12 +1,10 @@
-"""Checkpoints (safetensors + JSON metadata, content ids) and atomic writes (temp file in the
-same folder, fsync, then rename over the destination)."""
+"""Checkpoints (safetensors + JSON metadata, content ids), written atomically
+(``hypermeta.files``)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,28 +13,8 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never a mix."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    """``json.dumps(obj, indent=2)`` written atomically (see ``atomic_write_bytes``)."""
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
+from hypermeta.files import atomic_write_bytes as atomic_write_bytes  # re-exported
+from hypermeta.files import atomic_write_json as atomic_write_json  # re-exported
 
 # ----------------------------------------------------------------------------- checkpoints
 FORMAT = "hypermeta-checkpoint/2"

@@ -105,8 +105,8 @@ def eval_(
     allow_data_change: AllowDataChange = False,
 ) -> None:
     """Evaluate on the fixed test tasks: mean ± 95% CI, written to RUN_DIR/eval-*.json."""
-    from hypermeta.checkpoint import atomic_write_json
     from hypermeta.evaluate import evaluate, predictor
+    from hypermeta.files import atomic_write_json
     from hypermeta.model import HyperModel
     from hypermeta.runs import load_run
 
@@ -144,29 +144,58 @@ def eval_(
 
 
 SupportOption = Annotated[Path | None, typer.Option(
-    help=".npz with arrays x [S, ...] and y [S] or [S, out] (one task's support set).")]
+    help=".npz with arrays x [S, ...] and y [S] or [S, out] (one task's support set), or .json "
+         "with x and y in the request format (texts for text tasks) and/or descriptions (one "
+         "per class, for a class head that reads them).")]
 DescriptorOption = Annotated[str | None, typer.Option(
     help="Task id, comma-separated feature vector, label or text.")]
 
 
+def _json_task(path: Path, source: Any) -> Any:
+    """A task file in the server's request format: ``{"x": [...], "y": [...]}`` and/or
+    ``{"descriptions": [...]}`` -> one task's episode."""
+    from hypermeta.registry import INPUT_DECODERS
+    from hypermeta.tasks.inputs import decode_labels
+
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"--support {path} is not JSON ({err})") from None
+    if not isinstance(data, dict) or not ({"x", "y", "descriptions"} & set(data)):
+        raise ValueError(f"--support {path} must be a JSON object with x and y and/or "
+                         "descriptions")
+    decode = INPUT_DECODERS.get(source.input_format).decode
+    support = None
+    if "x" in data or "y" in data:
+        support = source.support_episode(decode(data.get("x"), source, "x"),
+                                         decode_labels(data.get("y"), source, "y"))
+    if data.get("descriptions") is None:
+        return support
+    return source.described_episode(decode(data["descriptions"], source, "descriptions"),
+                                    support)
+
+
 def _task_network(run_dir: Path, support: Path | None, descriptor: str | None, which: str,
-                  allow_data_change: bool) -> tuple[Any, Any, Any, str, torch.Tensor]:
-    """One task's generated network from a run: (network, model, config, content id, example
-    input batch for export)."""
+                  allow_data_change: bool) -> tuple[Any, Any, torch.Tensor, Any]:
+    """One task's generated network from a run: (network, the loaded run, an example input
+    batch for export, the task's episode)."""
     from hypermeta.runs import load_hypermodel
 
     if (support is None) == (descriptor is None):
         raise ValueError("pass exactly one of --support FILE or --descriptor VALUE")
     run = load_hypermodel(run_dir, which=which, allow_data_change=allow_data_change)
-    model, config, source, cid = run.hypermodel, run.config, run.tasks, run.content_id
+    model, source = run.hypermodel, run.tasks
     if support is not None:
         if not support.is_file():
             raise FileNotFoundError(f"--support file {support} does not exist")
-        with np.load(support, allow_pickle=False) as data:
-            if "x" not in data or "y" not in data:
-                raise ValueError(f"--support {support} must hold arrays 'x' and 'y'")
-            episode = source.support_episode(torch.as_tensor(data["x"]),
-                                             torch.as_tensor(data["y"]))
+        if support.suffix == ".json":
+            episode = _json_task(support, source)
+        else:
+            with np.load(support, allow_pickle=False) as data:
+                if "x" not in data or "y" not in data:
+                    raise ValueError(f"--support {support} must hold arrays 'x' and 'y'")
+                episode = source.support_episode(torch.as_tensor(data["x"]),
+                                                 torch.as_tensor(data["y"]))
     else:
         assert descriptor is not None
         parse = getattr(model.encoder, "parse_descriptor", None)
@@ -176,7 +205,7 @@ def _task_network(run_dir: Path, support: Path | None, descriptor: str | None, w
         episode = source.descriptor_episode(parse(descriptor))
     network = model.generate(episode)[0]
     example = source.fixed_tasks("val", 1).query_x[0]  # (Q, ...) one batch of real inputs
-    return network, model, config, cid, example
+    return network, run, example, episode
 
 
 @app.command()
@@ -192,11 +221,12 @@ def generate(
     """Generate one task's standalone network (safetensors + architecture JSON)."""
     from hypermeta.export import export_network
 
-    network, _, config, cid, example = _task_network(run_dir, support, descriptor, which,
-                                                     allow_data_change)
+    network, run, example, _ = _task_network(run_dir, support, descriptor, which,
+                                             allow_data_change)
+    config = run.config
     export_network(network, out, "safetensors", example=example,
                    architecture=getattr(network, "config", config.target.model_dump()),
-                   content_id=cid)
+                   content_id=run.content_id)
     count = sum(p.numel() for p in network.parameters())
     typer.echo(f"wrote {out} ({count} parameters; architecture {config.target.name})")
 
@@ -206,7 +236,9 @@ def generate(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A hypernet run folder.")],
     out: Annotated[Path, typer.Option(help="Output file.")],
-    fmt: Annotated[str, typer.Option("--format", help="safetensors, pt2 or onnx.")] = "onnx",
+    fmt: Annotated[str, typer.Option("--format", help="safetensors, pt2, onnx, or text (a "
+                                     "folder: raw text in; safetensors + ONNX + tokenizer, "
+                                     "and a PEFT adapter for generated LoRA).")] = "onnx",
     support: SupportOption = None,
     descriptor: DescriptorOption = None,
     hypernet: Annotated[bool, typer.Option("--hypernet", help="Export the generator itself "
@@ -219,8 +251,8 @@ def export(
     from hypermeta.export import FORMATS, export_generator, export_network, generator_example
     from hypermeta.runs import load_hypermodel
 
-    if fmt not in FORMATS:
-        raise ValueError(f"--format must be one of {list(FORMATS)}, got {fmt!r}")
+    if fmt not in (*FORMATS, "text"):
+        raise ValueError(f"--format must be one of {[*FORMATS, 'text']}, got {fmt!r}")
     if hypernet:
         if fmt != "onnx":
             raise ValueError("--hypernet exports to ONNX only (--format onnx)")
@@ -229,9 +261,21 @@ def export(
         export_generator(model, out, generator_example(model, source))
         typer.echo(f"wrote {out} (generator: {model.target.spec.numel()} parameters per task)")
         return
-    network, _, config, cid, example = _task_network(run_dir, support, descriptor, which,
-                                                     allow_data_change)
-    export_network(network, out, fmt, example=example,
+    network, run, example, episode = _task_network(run_dir, support, descriptor, which,
+                                                   allow_data_change)
+    model, config, cid, source = run.hypermodel, run.config, run.content_id, run.tasks
+    if fmt == "text":
+        from hypermeta.export_text import export_text_classifier
+
+        names = [n for n in model.target.spec.names if n.endswith((".lora_a", ".lora_b"))]
+        lora = None
+        if names:
+            params = model.adapted_params(episode)
+            lora = (names, {n: params[n][0] for n in names}, config.rank)
+        export_text_classifier(network, source, out, content_id=cid, lora=lora)
+        typer.echo(f"wrote {out}/ (text classifier{', PEFT adapter' if lora else ''})")
+        return
+    export_network(network, out, fmt, example=example,  # type: ignore[arg-type]
                    architecture=getattr(network, "config", config.target.model_dump()),
                    content_id=cid)
     typer.echo(f"wrote {out} ({fmt})")

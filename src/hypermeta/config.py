@@ -176,6 +176,10 @@ class ClassHeadConfig(_Strict):
                                              "from the support set (classification; any ways)")
     module: str = Field("head", description="name of the final nn.Linear")
     hidden: int = Field(256, ge=1, description="width of the head generator's correction MLP")
+    descriptions: bool = Field(False, description="also generate each class's row from its "
+                                                  "description (the episode descriptor, one "
+                                                  "encoded description per class): zero-shot "
+                                                  "and mixed tasks")
 
 
 class TrainConfig(_Strict):

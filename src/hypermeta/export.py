@@ -18,8 +18,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from hypermeta.checkpoint import atomic_write_bytes
 from hypermeta.encoders import FeatureEncoder, SetEncoder, TaskEmbedding
+from hypermeta.files import atomic_write_bytes
 from hypermeta.model import HyperModel
 
 Format = Literal["safetensors", "pt2", "onnx"]

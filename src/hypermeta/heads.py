@@ -14,15 +14,22 @@ from hypermeta.parts import Part, register_placeholder
 from hypermeta.spec import Params, ParamSpec
 
 
-def class_means(features: Tensor, labels: Tensor, ways: int,
-                mask: Tensor | None = None) -> Tensor:
-    """Mean support feature of each class: ``[T, S, D]``, labels ``[T, S]`` -> ``[T, ways, D]``
-    (padded support examples, ``mask`` False, are left out)."""
+def class_sums(features: Tensor, labels: Tensor, ways: int,
+               mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Sum of the support features of each class and their count: ``[T, S, D]``, labels
+    ``[T, S]`` -> ``([T, ways, D], [T, ways, 1])`` (padded examples, ``mask`` False, left out)."""
     onehot = torch.nn.functional.one_hot(labels.long(), ways).to(features.dtype)  # (T, S, N)
     if mask is not None:
         onehot = onehot * mask.to(features.dtype)[..., None]
-    counts = onehot.sum(1).clamp_min(1.0)[..., None]  # (T, N, 1)
-    return onehot.transpose(1, 2) @ features / counts
+    return onehot.transpose(1, 2) @ features, onehot.sum(1)[..., None]
+
+
+def class_means(features: Tensor, labels: Tensor, ways: int,
+                mask: Tensor | None = None) -> Tensor:
+    """Mean support feature of each class: ``[T, S, D]``, labels ``[T, S]`` -> ``[T, ways, D]``
+    (padded support examples, ``mask`` False, are left out; a class without any is zero)."""
+    sums, counts = class_sums(features, labels, ways, mask)
+    return sums / counts.clamp_min(1.0)
 
 
 class ClassHead(nn.Module):
@@ -35,9 +42,17 @@ class ClassHead(nn.Module):
     head ``w_c = 2 mu_c``, ``b_c = -|mu_c|^2`` (softmax-equal to negative squared Euclidean
     distances, Snell et al. 2017) and learns a correction from a zero-initialised MLP.
 
+    With ``descriptions=True`` each class also has a description (e.g. its name or a sentence
+    about it, as a target input): its feature ``d_c`` joins the support examples as a learned
+    number ``beta`` of pseudo-examples, ``p_c = (sum of support features + beta d_c) /
+    (n_c + beta)``, and the correction also reads ``d_c`` and whether the class has support.
+    A class with no support example is then generated from its description alone
+    (zero-shot), and any mix of described and labelled classes works.
+
     Arguments:
         feature_dim: width ``D`` of the features the head reads.
         hidden: width of the correction MLP.
+        descriptions: read class descriptions (``forward(..., described=)``).
 
     Example:
         >>> head = ClassHead(64)
@@ -46,28 +61,46 @@ class ClassHead(nn.Module):
         (torch.Size([2, 5, 64]), torch.Size([2, 5]))
     """
 
-    def __init__(self, feature_dim: int, hidden: int = 256) -> None:
+    def __init__(self, feature_dim: int, hidden: int = 256, *, descriptions: bool = False) -> None:
         super().__init__()
         if feature_dim < 1 or hidden < 1:
             raise ValueError(f"feature_dim and hidden must be >= 1; got {feature_dim}, {hidden}")
-        self.feature_dim = feature_dim
+        self.feature_dim, self.descriptions = feature_dim, descriptions
         last = nn.Linear(hidden, feature_dim + 1)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
-        self.correction = nn.Sequential(nn.Linear(2 * feature_dim, hidden), nn.ReLU(), last)
+        width = 4 * feature_dim + 1 if descriptions else 2 * feature_dim
+        self.correction = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), last)
+        if descriptions:
+            self.log_beta = nn.Parameter(torch.zeros(()))  # beta = 1 pseudo-example at start
 
     def forward(self, features: Tensor, labels: Tensor, ways: int,
-                mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Support ``features [T, S, D]`` and integer ``labels [T, S]`` in ``0..ways-1`` ->
+                mask: Tensor | None = None, described: Tensor | None = None
+                ) -> tuple[Tensor, Tensor]:
+        """Support ``features [T, S, D]`` and integer ``labels [T, S]`` in ``0..ways-1`` (and,
+        with descriptions, the description features ``described [T, ways, D]``) ->
         ``(weight [T, ways, D], bias [T, ways])``."""
         if features.dim() != 3 or features.shape[-1] != self.feature_dim:
             raise ValueError(f"features must have shape [T, S, {self.feature_dim}], got "
                              f"{list(features.shape)}")
-        mu = class_means(features, labels, ways, mask)  # (T, N, D)
-        context = mu.mean(1, keepdim=True).expand_as(mu)
-        delta = self.correction(torch.cat([mu, context], dim=-1))  # (T, N, D + 1)
-        weight = 2 * mu + delta[..., :-1]
-        bias = -(mu * mu).sum(-1) + delta[..., -1]
+        if self.descriptions:
+            expected = [features.shape[0], ways, self.feature_dim]
+            if described is None or list(described.shape) != expected:
+                got = None if described is None else list(described.shape)
+                raise ValueError(f"a class head with descriptions needs described = {expected} "
+                                 f"(one description per class); got {got}")
+            sums, counts = class_sums(features, labels, ways, mask)  # (T, N, D), (T, N, 1)
+            beta = self.log_beta.exp()
+            proto = (sums + beta * described) / (counts + beta)
+            mu = sums / counts.clamp_min(1.0)
+            inputs = [proto, proto.mean(1, keepdim=True).expand_as(proto), mu, described,
+                      (counts > 0).to(features.dtype)]
+        else:
+            proto = class_means(features, labels, ways, mask)  # (T, N, D)
+            inputs = [proto, proto.mean(1, keepdim=True).expand_as(proto)]
+        delta = self.correction(torch.cat(inputs, dim=-1))  # (T, N, D + 1)
+        weight = 2 * proto + delta[..., :-1]
+        bias = -(proto * proto).sum(-1) + delta[..., -1]
         return weight, bias
 
 

@@ -161,7 +161,8 @@ class HyperModel(Learner):
             if self.finetune_steps and episode.support_x.shape[1] == 0:
                 problems.append("support set is empty: fine-tuning needs support examples")
             if self.class_head is not None and not problems:
-                class_problems, ways = _class_problems(episode)
+                class_problems, ways = _class_problems(episode, self.class_head.descriptions,
+                                                       self.target.input_shape)
                 problems.extend(class_problems)
                 episode = replace(episode, ways=ways)
         if problems:
@@ -172,6 +173,8 @@ class HyperModel(Learner):
         # the class head needs the way count: read it once per episode, not per use
         if self.class_head is None or episode.ways is not None:
             return episode
+        if self.class_head.descriptions and isinstance(episode.descriptor, Tensor):
+            return replace(episode, ways=int(episode.descriptor.shape[1]))
         return replace(episode, ways=episode_ways(episode))
 
     def params(self, episode: Episode) -> Params:
@@ -185,8 +188,12 @@ class HyperModel(Learner):
             params = self.hypernet(self.encoder(episode))  # {name: (T, *shape)}
         if self.class_head is not None:
             features = self.target.features(params, episode.support_x)  # (T, S, D)
+            described = None
+            if self.class_head.descriptions:  # descriptor: one target input per class
+                assert isinstance(episode.descriptor, Tensor)
+                described = self.target.features(params, episode.descriptor)  # (T, N, D)
             weight, bias = self.class_head(features, episode.support_y, episode_ways(episode),
-                                           episode.support_mask)
+                                           episode.support_mask, described)
             names = self.target.head_names
             params = {**params, names[0]: weight, names[1]: bias}
         return params
@@ -268,13 +275,33 @@ def _check_class_head(head: ClassHead | None, target: FunctionalTarget, kind: Ta
                          f"the target's head reads ({target.feature_dim})")
 
 
-def _class_problems(episode: Episode) -> tuple[list[str], int | None]:
+def _class_problems(episode: Episode, descriptions: bool = False,
+                    input_shape: tuple[int, ...] | None = None) -> tuple[list[str], int | None]:
     """What a per-class head cannot use (no support, non-integer labels, a missing class, too
-    many classes), and the episode's way count when it is valid."""
+    many classes; with descriptions: a descriptor that is not one input per class), and the
+    episode's way count when it is valid."""
     y = episode.support_y
+    if descriptions:
+        desc = episode.descriptor
+        shape = tuple(episode.query_x.shape[2:]) if input_shape is None else input_shape
+        if (not isinstance(desc, Tensor) or not desc.is_floating_point() or desc.dim() < 2
+                or tuple(desc.shape[2:]) != shape or desc.shape[1] < 1):
+            got = list(desc.shape) if isinstance(desc, Tensor) else type(desc).__name__
+            return [f"this class head reads class descriptions: descriptor must be float "
+                    f"[T, ways, {', '.join(map(str, shape))}] (one encoded description per "
+                    f"class); got {got}"], None
+        ways = int(desc.shape[1])
+        if y.shape[1] and (y.dim() != 2 or y.is_floating_point() or int(y.min()) < 0
+                           or int(y.max()) >= ways):
+            return [f"support_y must be integer class labels in 0..{ways - 1} (one per "
+                    f"described class); got {list(y.shape)} {y.dtype}"], None
+        if episode.ways is not None and episode.ways != ways:
+            return [f"ways = {episode.ways} but the descriptor describes {ways} classes"], None
+        return [], ways
     if y.shape[1] == 0:
         return ["support set is empty: the class head builds each class's weights from its "
-                "support examples"], None
+                "support examples (or, with class_head.descriptions, from class "
+                "descriptions)"], None
     if y.dim() != 2 or y.is_floating_point():
         return [f"support_y must be integer class labels [T, S] for a class head; got "
                 f"{list(y.shape)} {y.dtype}"], None

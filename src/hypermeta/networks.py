@@ -344,6 +344,7 @@ class TransformerNet(nn.Module):
 for _name, _cls in (("mlp", MLP), ("resmlp", ResMLP), ("conv4", Conv4), ("gru", GRUNet),
                     ("lstm", LSTMNet), ("transformer", TransformerNet)):
     TARGETS.register(_name, _cls)
+TARGETS.register_lazy("minilm_top", "hypermeta.text:MiniLMTop")  # needs the 'text' extra
 
 
 def build_network(config: Mapping[str, Any]) -> nn.Module:

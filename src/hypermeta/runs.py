@@ -113,7 +113,11 @@ def build_hypermodel(config: RunConfig, tasks: TaskSource, net: nn.Module) -> Hy
             hypernet = HYPERNETS.get(config.hypernet.kind)(ctx, **config.hypernet.kwargs())
         except (TypeError, ValueError) as err:
             raise ConfigError(f"hypernet: {err}") from None
-    class_head = ClassHead(functional.feature_dim, head.hidden) if head.enabled else None
+    if head.descriptions and not getattr(tasks, "describe_classes", False):
+        raise ConfigError(f"class_head.descriptions: the {tasks.name!r} tasks carry no class "
+                          "descriptions (for wordnet: tasks.describe: true)")
+    class_head = (ClassHead(functional.feature_dim, head.hidden, descriptions=head.descriptions)
+                  if head.enabled else None)
     try:
         return HyperModel(encoder, hypernet, functional, kind=tasks.kind,
                           finetune_steps=config.finetune.steps, finetune_lr=config.finetune.lr,

@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hypermeta.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from hypermeta.checkpoint import load_checkpoint, save_checkpoint
 from hypermeta.config import ConfigError, RunConfig
 from hypermeta.evaluate import evaluate
+from hypermeta.files import atomic_write_bytes
 from hypermeta.model import Learner
 from hypermeta.runs import build_learner, build_tasks
 

@@ -48,6 +48,10 @@ def request_models(service: TaskService) -> tuple[Any, Any, Any]:
         fields = {"descriptor": (schema, ...),
                   "support": (support, ...) if service.model.finetune_steps
                   else (support | None, None)}
+    if service.reads_descriptions:  # zero-shot: a description per class, examples optional
+        fields = {"descriptions": (rows(x_item, "one description per class (class i = label "
+                                          "i), in the model's input format"), ...),
+                  "support": (support | None, None)}
     task = create_model("TaskRequest", __config__=_STRICT, **fields)
     queries = rows(x_item, f"inputs, one example of shape {shape} per row")
     predict = create_model("PredictRequest", __config__=_STRICT, x=(queries, ...))

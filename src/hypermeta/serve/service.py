@@ -177,10 +177,30 @@ class TaskService:
         schema = getattr(self.model.encoder, "descriptor_schema", lambda limit: None)
         return schema(self.max_abs_value) is not None
 
+    @property
+    def reads_descriptions(self) -> bool:
+        """Whether this model builds each class from its description (zero-shot / mixed)."""
+        head = self.model.class_head
+        return head is not None and head.descriptions
+
+    def description_episode(self, descriptions: Any, support: dict[str, Any] | None) -> Episode:
+        """Class descriptions (class ``i`` = label ``i``), and optionally labelled examples,
+        -> one task's episode."""
+        if descriptions is None:
+            raise ServiceError("this model builds each class from its description: send "
+                               "'descriptions' (one per class; 'support' is optional)", 422,
+                               "descriptions")
+        described = self.inputs(descriptions, "descriptions")  # (N, *x_shape)
+        labelled = None if support is None else self.support_episode(support)
+        return self.source.described_episode(described, labelled)
+
     def task_episode(self, request: dict[str, Any]) -> Episode:
         """A task request -> one task's episode. A support-set model needs ``support``; a
-        descriptor model needs ``descriptor``, and ``support`` too when it fine-tunes."""
+        descriptor model needs ``descriptor``, and ``support`` too when it fine-tunes; a
+        description model needs ``descriptions`` (``support`` optional)."""
         support, descriptor = request.get("support"), request.get("descriptor")
+        if self.reads_descriptions:
+            return self.description_episode(request.get("descriptions"), support)
         if not self.takes_descriptor:
             if support is None or descriptor is not None:
                 raise ServiceError("this model reads the task's support set: send 'support' "
@@ -265,7 +285,8 @@ class TaskService:
     def register(self, request: dict[str, Any]) -> dict[str, Any]:
         params = self.generate(self.task_episode(request))
         task_id = uuid.uuid4().hex
-        kind = "support" if request.get("support") is not None else "descriptor"
+        kind = ("support" if request.get("support") is not None
+                else "descriptions" if request.get("descriptions") is not None else "descriptor")
         created = self.store.add(task_id, self.content_id, kind, request)
         self._cache_put(task_id, params)
         return {"task_id": task_id, "content_id": self.content_id, "created": created}

@@ -15,6 +15,7 @@ from hypermeta.tasks.mixed import MixedTasks
 from hypermeta.tasks.omniglot import omniglot_tasks
 from hypermeta.tasks.sinusoid import SinusoidTasks
 from hypermeta.tasks.table import table_tasks
+from hypermeta.tasks.wordnet import wordnet_tasks
 
 TASK_FAMILIES.register("sinusoid", SinusoidTasks)
 TASK_FAMILIES.register("linear", LinearTasks)
@@ -23,6 +24,8 @@ TASK_FAMILIES.register("omniglot", omniglot_tasks)
 DATA_SOURCES.register_lazy("omniglot", "hypermeta.tasks.omniglot:prepare_omniglot")
 TASK_FAMILIES.register("folder", folder_tasks)
 TASK_FAMILIES.register("table", table_tasks)
+TASK_FAMILIES.register("wordnet", wordnet_tasks)
+DATA_SOURCES.register_lazy("wordnet", "hypermeta.tasks.wordnet:prepare_wordnet")
 
 
 def get_tasks(name: str, **kwargs: Any) -> TaskSource:

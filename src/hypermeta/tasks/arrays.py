@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hypermeta.episodes import Episode
+from hypermeta.episodes import Descriptor, Episode
 from hypermeta.kinds import get_kind
 from hypermeta.tasks.base import SPLITS, Split, TaskSource, check_split
 
@@ -60,9 +60,9 @@ class LabeledArrayTasks(TaskSource):
             raise ValueError("x contains NaN or Inf")
         self.x_scale = x_scale
         self._provenance = dict(provenance) if provenance is not None else None
-        if min(ways, shots, queries) < 1:
-            raise ValueError(f"ways, shots and queries must be >= 1; got {ways}, {shots}, "
-                             f"{queries}")
+        if min(ways, queries) < 1 or shots < 0:
+            raise ValueError(f"ways and queries must be >= 1 and shots >= 0; got {ways}, "
+                             f"{shots}, {queries}")
         self.name, self.ways, self.shots, self.queries = name, ways, shots, queries
         self.x, self.y = x_t, y_t.long()
         self.x_shape = tuple(x_t.shape[1:])
@@ -102,12 +102,14 @@ class LabeledArrayTasks(TaskSource):
             raise ValueError(f"split {split!r} of {self.name} has no classes")
         per_class = self.shots + self.queries
         rows = torch.empty(num_tasks, self.ways, per_class, dtype=torch.long)
+        classes = torch.empty(num_tasks, self.ways, dtype=torch.long)
         for t in range(num_tasks):
             chosen = torch.randperm(len(pool), generator=generator)[: self.ways].tolist()
             for way, index in enumerate(chosen):
                 members = self._rows[pool[index]]
                 pick = torch.randperm(len(members), generator=generator)[:per_class]
                 rows[t, way] = members[pick]
+                classes[t, way] = pool[index]
         # (T, ways, K+Q) -> support (T, ways*K), query (T, ways*Q); labels = way index
         labels = torch.arange(self.ways)[None, :, None].expand(num_tasks, self.ways, per_class)
         support_rows = rows[:, :, : self.shots].reshape(num_tasks, -1)
@@ -118,7 +120,13 @@ class LabeledArrayTasks(TaskSource):
             return self.x[rows].float() * self.x_scale
 
         return Episode(inputs(support_rows), support_y, inputs(query_rows), query_y,
-                       ways=self.ways)
+                       descriptor=self.describe(classes), ways=self.ways)
+
+    def describe(self, classes: Tensor) -> Descriptor:
+        """The descriptor of episodes whose way ``w`` of task ``t`` is class
+        ``classes[t, w]`` (``[T, ways]`` class ids); ``None`` here: the support set describes
+        the task. Families with class descriptions return them (``tasks.wordnet``)."""
+        return None
 
     def provenance(self) -> dict[str, Any]:
         if self._provenance is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import math
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -91,6 +92,17 @@ class TaskSource(abc.ABC):
                        self.kind.empty_labels(1, self.out_dim),
                        torch.zeros(1, 1, *self.x_shape, dtype=self.x_dtype),
                        descriptor=descriptor)
+
+    def described_episode(self, described: Tensor, support: Episode | None = None) -> Episode:
+        """One task whose classes are given by their encoded descriptions ``[N, *x_shape]``
+        (class ``i`` = label ``i``), with the labelled ``support`` episode when there is one
+        (else no example: zero-shot), for a class head that reads descriptions."""
+        if described.dim() < 1 or len(described) == 0:
+            raise ValueError("descriptions is empty: one description per class is needed")
+        if support is None:
+            support = Episode(described[:0][None], self.kind.empty_labels(1, self.out_dim),
+                              described[None, :1])
+        return replace(support, descriptor=described[None], ways=len(described))
 
     def provenance(self) -> dict[str, Any]:
         """What decides which data this family reads — data files and class lists with their

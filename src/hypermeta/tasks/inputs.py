@@ -102,6 +102,9 @@ def decode_text(values: Any, source: Any, name: str) -> Tensor:
     bad = [i for i, v in enumerate(rows) if not isinstance(v, str)]
     if bad:
         raise ValueError(f"{name}[{bad[0]}] must be a string")
+    blank = [i for i, v in enumerate(rows) if not v.strip()]
+    if blank:
+        raise ValueError(f"{name}[{blank[0]}] is empty: every text needs words")
     encode = getattr(source, "encode_text", None)
     if encode is None:
         raise ValueError(f"task family {source.name!r} declares text inputs but has no "
@@ -121,7 +124,8 @@ INPUT_DECODERS.register("numbers", InputFormat(
     lambda source, limit: nested(finite_number(limit), tuple(source.x_shape))))
 INPUT_DECODERS.register("integers", InputFormat(
     decode_integers, lambda source, limit: nested(_id(source), tuple(source.x_shape))))
-INPUT_DECODERS.register("text", InputFormat(decode_text, lambda source, limit: StrictStr))
+INPUT_DECODERS.register("text", InputFormat(
+    decode_text, lambda source, limit: Annotated[StrictStr, Field(min_length=1, pattern=r"\S")]))
 
 
 def rows(item: Any, what: str) -> Any:

@@ -228,7 +228,7 @@ def prepare_omniglot(source: str | Path, out: str | Path, *,
     the 8-bit image). Written atomically."""
     from PIL import Image
 
-    from hypermeta.checkpoint import atomic_write_bytes
+    from hypermeta.files import atomic_write_bytes
 
     if size not in FILES:
         raise ValueError(f"size must be 28 or 105, got {size!r}")
