@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -51,6 +52,23 @@ def result_path(benchmark: str, config: str, *, smoke: bool) -> Path:
 
 def write_result(path: Path, payload: dict[str, Any]) -> Path:
     return atomic_write_json(path, payload)
+
+
+class ResumableBenchmark:
+    """A benchmark that works in calls of at most ``args.budget_minutes``: its runs live in
+    ``benchmarks/runs/NAME[-smoke]/`` (git-ignored), finished units in their ``state.json``."""
+
+    def __init__(self, args: Any, name: str) -> None:
+        self.args, self.smoke = args, args.smoke
+        self.runs = ROOT / "benchmarks" / "runs" / (f"{name}-smoke" if args.smoke else name)
+        self.runs.mkdir(parents=True, exist_ok=True)
+        self.state_path = self.runs / "state.json"
+        self.state: dict[str, Any] = (json.loads(self.state_path.read_text())
+                                      if self.state_path.exists() else {})
+        self.deadline = time.time() + 60 * args.budget_minutes
+
+    def save(self) -> None:
+        atomic_write_json(self.state_path, self.state)
 
 
 def train_in_chunks(config: Any, run_dir: Path, deadline: float, chunk: int = 500) -> Any:

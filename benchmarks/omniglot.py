@@ -29,7 +29,6 @@ import functools
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     ROOT,
+    ResumableBenchmark,
     environment,
     interleaved_medians,
     result_path,
@@ -49,7 +49,6 @@ from _common import (  # noqa: E402
 from hypermeta import (  # noqa: E402
     Episode,
     RunConfig,
-    atomic_write_json,
     episode_ways,
     evaluate,
     get_tasks,
@@ -96,18 +95,9 @@ def accuracy(predict: Callable[[Episode], Tensor], episodes: Episode) -> dict[st
     return {k: 100 * v if k in ("mean", "ci95", "std") else v for k, v in result.items()}
 
 
-class Benchmark:
+class Benchmark(ResumableBenchmark):
     def __init__(self, args: argparse.Namespace) -> None:
-        self.args, self.smoke = args, args.smoke
-        self.runs = ROOT / "benchmarks" / "runs" / ("omniglot-smoke" if args.smoke else "omniglot")
-        self.runs.mkdir(parents=True, exist_ok=True)
-        self.state_path = self.runs / "state.json"
-        self.state: dict[str, Any] = (json.loads(self.state_path.read_text())
-                                      if self.state_path.exists() else {})
-        self.deadline = time.time() + 60 * args.budget_minutes
-
-    def save(self) -> None:
-        atomic_write_json(self.state_path, self.state)
+        super().__init__(args, "omniglot")
 
     def train(self, name: str, shots: int, episodes: int, run: str) -> Any:
         config = config_for(name, shots, episodes, self.smoke)
