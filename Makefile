@@ -6,8 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench clean system-deps
 
-# Data from Debian packages, read in place: WordNet 3.0 for the text tasks (and their tests).
+# Data and tools from Debian packages, read in place: WordNet 3.0 for the text tasks (and their
+# tests).
 WORDNET_FILE := /usr/share/wordnet/data.noun
+# espeak-ng synthesises the spoken-word set of the speech tasks.
+ESPEAK := /usr/bin/espeak-ng
 
 # Benchmark data is never committed: use ../shared/data when it exists, unless already set.
 ifeq ($(HYPERMETA_DATA),)
@@ -24,18 +27,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[all,dev]"
 	touch $(STAMP)
 
-system-deps:
-	@if [ ! -f $(WORDNET_FILE) ] && [ -z "$$HYPERMETA_WORDNET" ]; then \
+# name, the file that shows it is there, what it is for
+define need_deb
+	@if [ ! -e $(2) ] && [ -z "$(4)" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing Debian's wordnet-base (WordNet 3.0, for the text tasks)"; \
-	    apt-get install -y -q wordnet-base >/dev/null || \
-	      { apt-get update -q >/dev/null && apt-get install -y -q wordnet-base >/dev/null; }; \
+	    echo "installing Debian's $(1) ($(3))"; \
+	    apt-get install -y -q $(1) >/dev/null || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q $(1) >/dev/null; }; \
 	  else \
-	    echo "WordNet 3.0 is missing: run 'sudo apt-get install wordnet-base' (or set"; \
-	    echo "HYPERMETA_WORDNET to a WordNet dict folder); the text tasks and tests read it."; \
+	    echo "$(1) is missing: run 'sudo apt-get install $(1)' ($(3))."; \
 	    exit 1; \
 	  fi; \
 	fi
+endef
+
+system-deps:
+	$(call need_deb,wordnet-base,$(WORDNET_FILE),WordNet 3.0 for the text tasks and tests; or set HYPERMETA_WORDNET to a dict folder,$(HYPERMETA_WORDNET))
+	$(call need_deb,espeak-ng,$(ESPEAK),the synthetic voices of the speech tasks and tests,)
 
 demo: $(STAMP) system-deps
 	$(BIN)/python examples/sinusoid_demo.py

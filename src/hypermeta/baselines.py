@@ -1,5 +1,5 @@
 """Baselines on the same ``Episode`` / ``FunctionalTarget``: MAML, first-order MAML, ProtoNets,
-and training the target from scratch on each support set.
+training the target from scratch on each support set, and DTW template matching for sequences.
 
 Every learner (``HyperModel`` included) is an ``nn.Module`` with ``forward(episode)`` (the
 meta-training path: query predictions ``[T, Q, ...]``) and ``predict(episode)`` (evaluation:
@@ -134,6 +134,54 @@ class Scratch(Learner):
 # --------------------------------------------------------------- builders (config -> learner)
 # Registered lazily in hypermeta.registry.METHODS, so only processes that build a baseline
 # import this module.
+def dtw_distances(a: Tensor, b: Tensor) -> Tensor:
+    """Dynamic time warping distances between every sequence of ``a [A, L, D]`` and of
+    ``b [B, M, D]`` -> ``[A, B]``: the least total Euclidean frame distance over monotone
+    alignments of the whole sequences (steps (1, 0), (0, 1), (1, 1)), divided by ``L + M``."""
+    cost = torch.cdist(a[:, None].expand(-1, b.shape[0], -1, -1),
+                       b[None].expand(a.shape[0], -1, -1, -1))  # (A, B, L, M)
+    steps, width = cost.shape[2], cost.shape[3]
+    inf = torch.full(cost.shape[:2], float("inf"), dtype=cost.dtype, device=cost.device)
+    previous = [inf] * (width + 1)  # row i-1, columns -1..M-1
+    previous[0] = torch.zeros_like(inf)
+    for i in range(steps):
+        row = [inf]
+        for j in range(width):
+            best = torch.minimum(torch.minimum(previous[j + 1], row[j]), previous[j])
+            row.append(cost[:, :, i, j] + best)
+        previous = [inf] + row[1:]
+    return previous[width] / (steps + width)
+
+
+class DTWNearest(Learner):
+    """Template matching (the classic few-shot keyword-spotting baseline): each query takes the
+    class of its nearest support example under dynamic time warping of the feature sequences
+    ``[L, D]`` (``dtw_distances``). Nothing is trained; logits are minus the distance to each
+    class's nearest example."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kind = get_kind("classification")
+
+    def forward(self, episode: Episode) -> Tensor:
+        ways = episode_ways(episode)
+        logits = []
+        for t in range(episode.support_x.shape[0]):
+            distance = dtw_distances(episode.query_x[t].float(), episode.support_x[t].float())
+            per_class = torch.full((distance.shape[0], ways), float("inf"))
+            for c in range(ways):
+                members = episode.support_y[t] == c
+                if bool(members.any()):
+                    per_class[:, c] = distance[:, members].min(dim=1).values
+            logits.append(-per_class)
+        return torch.stack(logits)
+
+    def predict(self, episode: Episode) -> Tensor:
+        with torch.no_grad():
+            out: Tensor = self(episode)
+        return out
+
+
 def _needs_classes(method: str, tasks: Any) -> None:
     if not tasks.kind.uses_classes:
         raise ConfigError(f"method: {method} needs class labels; {tasks.name!r} is "

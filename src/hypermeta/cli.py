@@ -145,8 +145,9 @@ def eval_(
 
 SupportOption = Annotated[Path | None, typer.Option(
     help=".npz with arrays x [S, ...] and y [S] or [S, out] (one task's support set), or .json "
-         "with x and y in the request format (texts for text tasks) and/or descriptions (one "
-         "per class, for a class head that reads them).")]
+         "with x and y in the request format (texts for text tasks, base64 WAVs for audio) "
+         "and/or descriptions (one per class, for a class head that reads them); for audio "
+         "tasks also a folder of class folders of .wav files.")]
 DescriptorOption = Annotated[str | None, typer.Option(
     help="Task id, comma-separated feature vector, label or text.")]
 
@@ -186,9 +187,16 @@ def _task_network(run_dir: Path, support: Path | None, descriptor: str | None, w
     run = load_hypermodel(run_dir, which=which, allow_data_change=allow_data_change)
     model, source = run.hypermodel, run.tasks
     if support is not None:
-        if not support.is_file():
+        front_end = getattr(source, "front_end", None)
+        if support.is_dir() and front_end is not None:  # audio: folder/<class>/*.wav
+            from hypermeta.audio import wav_folder
+
+            x, y, classes = wav_folder(support, front_end)
+            typer.echo("labels: " + ", ".join(f"{i} = {c}" for i, c in enumerate(classes)))
+            episode = source.support_episode(x, y)
+        elif not support.is_file():
             raise FileNotFoundError(f"--support file {support} does not exist")
-        if support.suffix == ".json":
+        elif support.suffix == ".json":
             episode = _json_task(support, source)
         else:
             with np.load(support, allow_pickle=False) as data:
@@ -275,9 +283,20 @@ def export(
         export_text_classifier(network, source, out, content_id=cid, lora=lora)
         typer.echo(f"wrote {out}/ (text classifier{', PEFT adapter' if lora else ''})")
         return
+    front_end = getattr(source, "front_end", None)
+    if front_end is not None and fmt != "safetensors":  # audio: waveform in, logits out
+        from hypermeta.audio import WaveformModel
+
+        network = WaveformModel(front_end, network)
+        example = 0.1 * torch.randn(2, front_end.samples,
+                                    generator=torch.Generator().manual_seed(0))
     export_network(network, out, fmt, example=example,  # type: ignore[arg-type]
                    architecture=getattr(network, "config", config.target.model_dump()),
                    content_id=cid)
+    if front_end is not None and fmt != "safetensors":
+        typer.echo(f"input: waveforms [N, {front_end.samples}] float32 in [-1, 1] at "
+                   f"{front_end.sample_rate} Hz (the first {front_end.seconds:g} s, "
+                   "zero-padded); output: logits")
     typer.echo(f"wrote {out} ({fmt})")
 
 

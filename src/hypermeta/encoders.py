@@ -300,11 +300,14 @@ class SetEncoder(_Encoder):
         pooling: ``"mean"`` or ``"attention"``.
         x_encoder: optional module embedding one input (e.g. a CNN for images) ``[N, ...] ->
             [N, x_dim]``; it is trained with the encoder.
+        labels: read the labels too (default). ``False`` pools the inputs alone: with a
+            per-class head the labels' order carries nothing, and a label-free encoder reads
+            episodes of any number of ways (e.g. trained 5-way, used 10-way).
     """
 
     def __init__(self, x_dim: int, y_dim: int, dim: int, *, hidden: int = 128,
                  num_classes: int | None = None, pooling: Literal["mean", "attention"] = "mean",
-                 x_encoder: nn.Module | None = None) -> None:
+                 x_encoder: nn.Module | None = None, labels: bool = True) -> None:
         super().__init__()
         if pooling not in ("mean", "attention"):
             raise ValueError(f"pooling must be 'mean' or 'attention', got {pooling!r}")
@@ -312,9 +315,9 @@ class SetEncoder(_Encoder):
             raise ValueError(f"for classification y_dim must equal num_classes; got "
                              f"y_dim={y_dim}, num_classes={num_classes}")
         self.x_dim, self.y_dim, self.out_dim = x_dim, y_dim, dim
-        self.num_classes, self.pooling = num_classes, pooling
+        self.num_classes, self.pooling, self.labels = num_classes, pooling, labels
         self.x_encoder = x_encoder
-        self.phi = _mlp(x_dim + y_dim, [hidden, hidden], hidden)
+        self.phi = _mlp(x_dim + (y_dim if labels else 0), [hidden, hidden], hidden)
         self.rho = _mlp(hidden, [hidden], dim)
         if pooling == "attention":
             self.query = nn.Parameter(torch.randn(hidden) / hidden ** 0.5)
@@ -325,6 +328,8 @@ class SetEncoder(_Encoder):
         if y.shape[1] == 0:
             return ["support set is empty: support_x has S = 0 examples per task, and the "
                     "SetEncoder reads the support set"]
+        if not self.labels:
+            return []
         if self.num_classes is not None:
             if y.dim() != 2 or y.is_floating_point():
                 return [f"support_y must be integer class labels of shape [T, S] for a "
@@ -346,10 +351,12 @@ class SetEncoder(_Encoder):
         x = x.reshape(num_tasks, num_shots, -1)
         if not x.is_floating_point():  # integer inputs without an embedding: ids as numbers
             x = x.float()
-        if self.num_classes is not None:
-            y = F.one_hot(y.long(), self.num_classes).to(x.dtype)
-        y = y.reshape(num_tasks, num_shots, -1).to(x.dtype)
-        h = self.phi(torch.cat([x, y], dim=-1))  # (T, S, hidden)
+        if self.labels:
+            if self.num_classes is not None:
+                y = F.one_hot(y.long(), self.num_classes).to(x.dtype)
+            y = y.reshape(num_tasks, num_shots, -1).to(x.dtype)
+            x = torch.cat([x, y], dim=-1)
+        h = self.phi(x)  # (T, S, hidden)
         weight = None if mask is None else mask.to(h.dtype)[..., None]  # (T, S, 1)
         if self.pooling == "mean":
             if weight is None:
@@ -373,12 +380,13 @@ def build_set_encoder(ctx: BuildContext, /, *, dim: PositiveInt = 64,
                       hidden: PositiveInt = 128,
                       pooling: Literal["mean", "attention"] = "mean",
                       x_encoder: Literal["none", "conv4", "embedding", "mean_tokens"] = "none",
-                      embedding_dim: PositiveInt = 16) -> SetEncoder:
+                      embedding_dim: PositiveInt = 16, labels: bool = True) -> SetEncoder:
     """The support set is the descriptor (``SetEncoder``); ``x_encoder: conv4`` embeds image
     inputs ``[C, H, W]`` with a conv-4 trunk trained with the encoder; ``x_encoder: embedding``
     embeds integer inputs (ids, tokens: the family's ``vocab_size``) with a learned table of
     ``embedding_dim`` per id; ``x_encoder: mean_tokens`` averages sequence inputs ``[L, D]``
-    over their non-zero rows (token states with zero padding, as ``tasks.wordnet`` gives)."""
+    over their non-zero rows (token states with zero padding, as ``tasks.wordnet`` gives).
+    ``labels: false`` pools the inputs alone (any number of ways; see ``SetEncoder``)."""
     from hypermeta.networks import Conv4
 
     x_module: nn.Module | None = None
@@ -408,7 +416,7 @@ def build_set_encoder(ctx: BuildContext, /, *, dim: PositiveInt = 64,
     classes = bool(ctx.kind.uses_classes)
     return SetEncoder(x_dim, ctx.out_dim, dim, hidden=hidden,
                       num_classes=ctx.out_dim if classes else None, pooling=pooling,
-                      x_encoder=x_module)
+                      x_encoder=x_module, labels=labels)
 
 
 @ENCODERS.register("task_id")

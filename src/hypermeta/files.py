@@ -1,5 +1,5 @@
-"""Atomic file writes: a temp file in the same folder, fsync, then rename over the destination,
-so a reader (or a crash) sees the old file or the new one, never a mix."""
+"""Files: atomic writes (a temp file in the same folder, fsync, then rename over the destination,
+so a reader (or a crash) sees the old file or the new one, never a mix) and the cache folder."""
 
 from __future__ import annotations
 
@@ -33,3 +33,10 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 
 __all__ = ["atomic_write_bytes", "atomic_write_json"]
+
+
+def cache_root() -> Path:
+    """Where computed data is cached (embeddings, synthesised audio): ``$HYPERMETA_CACHE`` or
+    ``~/.cache/hypermeta``."""
+    root = os.environ.get("HYPERMETA_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "hypermeta"

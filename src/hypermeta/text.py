@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from hypermeta.files import cache_root
 
 SENTENCE_DIM = 384
 NUM_LAYERS = 6
@@ -43,12 +44,6 @@ def minilm_path(path: str | Path | None = None) -> Path:
         raise FileNotFoundError(f"{folder} is not a MiniLM model folder (config.json and "
                                 "tokenizer.json are missing)")
     return folder
-
-
-def cache_root() -> Path:
-    """``$HYPERMETA_CACHE`` or ``~/.cache/hypermeta``."""
-    root = os.environ.get("HYPERMETA_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "hypermeta"
 
 
 def _digest(folder: Path) -> str:

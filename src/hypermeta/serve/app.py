@@ -11,7 +11,7 @@ refusing it (413) as soon as it passes the limit.
 import hmac
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from hypermeta.runs import load_hypermodel
 from hypermeta.serve.service import ServiceError, TaskService
@@ -57,6 +57,45 @@ def request_models(service: TaskService) -> tuple[Any, Any, Any]:
     predict = create_model("PredictRequest", __config__=_STRICT, x=(queries, ...))
     one_shot = create_model("OneShotRequest", __config__=_STRICT, x=(queries, ...), **fields)
     return task, predict, one_shot
+
+
+def _wav_routes(api: "FastAPI", service: TaskService, auth: tuple[int, ...]) -> None:
+    """Multipart uploads of WAV files for audio models (the JSON routes take them as base64
+    strings): the files are base64-encoded and go through exactly the JSON routes' path, so
+    the checks, limits and the stored request are the same."""
+    import base64
+
+    try:
+        from fastapi import File, Form, UploadFile
+    except ImportError:  # pragma: no cover
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("python_multipart") is None:  # pragma: no cover
+        return  # FastAPI's form parser; the 'serve' extra installs it
+
+    def encoded(files: list[UploadFile]) -> list[str]:
+        return [base64.b64encode(f.file.read()).decode() for f in files]
+
+    @api.post("/v1/tasks/wav", status_code=201, responses=_errors(400, *auth, 413, 422))
+    def register_wav(
+            files: Annotated[list[UploadFile], File(description="support WAVs")],
+            y: Annotated[str, Form(description="their labels: comma-separated class ids, in "
+                                               "file order")]) -> dict[str, Any]:
+        """Register a task from uploaded WAV files (multipart ``files`` + ``y``)."""
+        try:
+            labels = [int(v) for v in y.split(",")]
+        except ValueError:
+            raise ServiceError("y must be comma-separated integer class ids", field="y") \
+                from None
+        return service.register({"support": {"x": encoded(files), "y": labels}})
+
+    @api.post("/v1/tasks/{task_id}/predict/wav", responses=_errors(400, *auth, 404, 409, 413,
+                                                                   422))
+    def predict_wav(task_id: str, files: Annotated[list[UploadFile], File(
+            description="WAVs to classify")]) -> dict[str, Any]:
+        """Predict uploaded WAV files (multipart ``files``) with a registered task."""
+        return service.predict_task(task_id, encoded(files))
 
 
 class ErrorItem(BaseModel):
@@ -246,4 +285,6 @@ def create_app(run_dir: str | Path, *, state_dir: str | Path | None = None,
         """Generate a task's network (as registration would) and predict, storing nothing."""
         return service.predict_once(request.model_dump(), request.x)  # type: ignore[attr-defined]
 
+    if service.source.input_format == "audio" and not service.takes_descriptor:
+        _wav_routes(api, service, auth)
     return _Guard(api, service, token=token, max_body_bytes=max_body_bytes)

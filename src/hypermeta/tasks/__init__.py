@@ -14,6 +14,7 @@ from hypermeta.tasks.linear import LinearTasks
 from hypermeta.tasks.mixed import MixedTasks
 from hypermeta.tasks.omniglot import omniglot_tasks
 from hypermeta.tasks.sinusoid import SinusoidTasks
+from hypermeta.tasks.speech import fsdd_tasks, spoken_words_tasks
 from hypermeta.tasks.table import table_tasks
 from hypermeta.tasks.wordnet import wordnet_tasks
 
@@ -26,6 +27,9 @@ TASK_FAMILIES.register("folder", folder_tasks)
 TASK_FAMILIES.register("table", table_tasks)
 TASK_FAMILIES.register("wordnet", wordnet_tasks)
 DATA_SOURCES.register_lazy("wordnet", "hypermeta.tasks.wordnet:prepare_wordnet")
+TASK_FAMILIES.register("spoken_words", spoken_words_tasks)
+TASK_FAMILIES.register("fsdd", fsdd_tasks)
+DATA_SOURCES.register_lazy("spoken-words", "hypermeta.tasks.speech:prepare_spoken_words")
 
 
 def get_tasks(name: str, **kwargs: Any) -> TaskSource:

@@ -113,6 +113,39 @@ def decode_text(values: Any, source: Any, name: str) -> Tensor:
     return out
 
 
+MAX_AUDIO_BYTES = 2_000_000  # one clip, decoded (about 60 s of 16 kHz 16-bit mono)
+
+
+def decode_audio(values: Any, source: Any, name: str) -> Tensor:
+    """Audio inputs: a JSON array of base64-encoded WAV files (mono 16-bit PCM; other rates
+    are resampled to the family's), each turned into model inputs by the family's
+    ``front_end`` (``hypermeta.audio``: cut/padded, log-mel). Non-strings, bad base64, files
+    over ``MAX_AUDIO_BYTES``, and WAVs ``read_wav`` refuses (stereo, 8/24/32-bit, empty,
+    silent, longer than 10 s) raise ``ValueError`` naming the row."""
+    import base64
+    import binascii
+
+    rows = _rows(values, name)
+    front_end = getattr(source, "front_end", None)
+    if front_end is None:
+        raise ValueError(f"task family {source.name!r} declares audio inputs but has no "
+                         "front_end")
+    files = []
+    for i, value in enumerate(rows):
+        where = f"{name}[{i}]"
+        if not isinstance(value, str):
+            raise ValueError(f"{where} must be a base64-encoded WAV string, got "
+                             f"{type(value).__name__}")
+        if len(value) > MAX_AUDIO_BYTES * 4 // 3 + 4:
+            raise ValueError(f"{where} is over the {MAX_AUDIO_BYTES} byte limit of one clip")
+        try:
+            files.append(base64.b64decode(value.split(",", 1)[-1], validate=True))
+        except (binascii.Error, ValueError):
+            raise ValueError(f"{where} is not valid base64") from None
+    out: Tensor = front_end.encode(files, what=name)
+    return out
+
+
 def _id(source: Any) -> Any:
     vocab = getattr(source, "vocab_size", None)
     upper = 2**63 - 1 if vocab is None else vocab - 1
@@ -124,6 +157,9 @@ INPUT_DECODERS.register("numbers", InputFormat(
     lambda source, limit: nested(finite_number(limit), tuple(source.x_shape))))
 INPUT_DECODERS.register("integers", InputFormat(
     decode_integers, lambda source, limit: nested(_id(source), tuple(source.x_shape))))
+INPUT_DECODERS.register("audio", InputFormat(
+    decode_audio, lambda source, limit: Annotated[StrictStr, Field(
+        min_length=1, description="a base64-encoded WAV file (mono 16-bit PCM)")]))
 INPUT_DECODERS.register("text", InputFormat(
     decode_text, lambda source, limit: Annotated[StrictStr, Field(min_length=1, pattern=r"\S")]))
 
