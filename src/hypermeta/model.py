@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from hypermeta.adapt import adapt
 from hypermeta.episodes import Episode, episode_ways
-from hypermeta.heads import ClassHead
+from hypermeta.heads import ClassHead, RidgeHead
 from hypermeta.kinds import TaskKind, get_kind
 from hypermeta.spec import Params
 from hypermeta.target import FunctionalTarget
@@ -62,7 +62,8 @@ class HyperModel(Learner):
         finetune_lr: their step size.
         class_head: a ``ClassHead`` that generates the target's final layer one row per class
             from the support features (the target is built with ``class_head=``), so one model
-            serves any number of ways. When the target generates nothing else
+            serves any number of ways; or a ``RidgeHead`` that fits a regression head in
+            closed form on the support features. When the target generates nothing else
             (``generate="none"``), ``encoder`` and ``hypernet`` are ``None``.
 
     Inputs are validated once here (shapes, dtypes, NaN/Inf, empty supports, unknown ids)
@@ -78,7 +79,7 @@ class HyperModel(Learner):
     def __init__(self, encoder: nn.Module | None, hypernet: nn.Module | None,
                  target: FunctionalTarget, *, kind: TaskKind | str = "regression",
                  finetune_steps: int = 0, finetune_lr: float = 0.01,
-                 class_head: ClassHead | None = None) -> None:
+                 class_head: ClassHead | RidgeHead | None = None) -> None:
         super().__init__()
         self.kind = get_kind(kind)
         if finetune_steps < 0 or finetune_lr <= 0:
@@ -160,7 +161,7 @@ class HyperModel(Learner):
                                 f"the target expects {list(shape)}")
             if self.finetune_steps and episode.support_x.shape[1] == 0:
                 problems.append("support set is empty: fine-tuning needs support examples")
-            if self.class_head is not None and not problems:
+            if isinstance(self.class_head, ClassHead) and not problems:
                 class_problems, ways = _class_problems(episode, self.class_head.descriptions,
                                                        self.target.input_shape)
                 problems.extend(class_problems)
@@ -171,7 +172,7 @@ class HyperModel(Learner):
 
     def _with_ways(self, episode: Episode) -> Episode:
         # the class head needs the way count: read it once per episode, not per use
-        if self.class_head is None or episode.ways is not None:
+        if not isinstance(self.class_head, ClassHead) or episode.ways is not None:
             return episode
         if self.class_head.descriptions and isinstance(episode.descriptor, Tensor):
             return replace(episode, ways=int(episode.descriptor.shape[1]))
@@ -186,6 +187,17 @@ class HyperModel(Learner):
         params: Params = {}
         if self.hypernet is not None and self.encoder is not None:
             params = self.hypernet(self.encoder(episode))  # {name: (T, *shape)}
+        if isinstance(self.class_head, RidgeHead):
+            support_x, names = episode.support_x, self.target.head_names
+            width = episode.support_y.shape[-1] if episode.support_y.dim() == 3 else 1
+            zero = {**params, names[0]: support_x.new_zeros(
+                        support_x.shape[0], width, self.target.feature_dim),
+                    names[1]: support_x.new_zeros(support_x.shape[0], width)}
+            base = self.target(zero, support_x)  # (T, S, O): all the head does not add
+            features = self.target.features(params, support_x) - base  # exact for additive
+            y = episode.support_y.reshape(base.shape).to(base.dtype)
+            weight, bias = self.class_head(features, y - base, episode.support_mask)
+            return {**params, names[0]: weight, names[1]: bias}
         if self.class_head is not None:
             features = self.target.features(params, episode.support_x)  # (T, S, D)
             described = None
@@ -260,14 +272,18 @@ def _require_finite(tensors: Any, what: str) -> None:
                          "values (or descriptors) lie far outside what the model was trained on")
 
 
-def _check_class_head(head: ClassHead | None, target: FunctionalTarget, kind: TaskKind) -> None:
+def _check_class_head(head: ClassHead | RidgeHead | None, target: FunctionalTarget,
+                      kind: TaskKind) -> None:
     if (head is None) != (target.class_head is None):
         raise ValueError("class_head= and a target built with class_head= go together; got "
                          f"class_head={type(head).__name__ if head else None} and target "
                          f"class_head={target.class_head!r}")
     if head is None:
         return
-    if not kind.uses_classes:
+    if isinstance(head, RidgeHead) and kind.uses_classes:
+        raise ValueError(f"a ridge head fits regression targets; got {kind.name!r} (use "
+                         "ClassHead for class labels)")
+    if isinstance(head, ClassHead) and not kind.uses_classes:
         raise ValueError(f"a class head needs a kind with class labels (classification); got "
                          f"{kind.name!r}")
     if head.feature_dim != target.feature_dim:

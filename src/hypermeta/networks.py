@@ -229,6 +229,50 @@ class Conv4(nn.Module):
         return out
 
 
+class ItemMLP(nn.Module):
+    """A rating scorer over items: ``x [N, in_dim]`` = item features and, in the last column,
+    the item id divided by ``num_items`` (``tasks.movielens`` builds them); a shared embedding
+    of the id joins the features, and an MLP maps them to a score ``[N, out_dim]``. Generate
+    the MLP (``generate: "mlp.*"``) and keep the embedding shared across users. With
+    ``base_column`` the score is a residual over that feature plus ``offset`` (the movielens
+    rows hold the item's mean rating - 3.5 in column -3: ``base_column: -3, offset: 3.5``
+    starts every model at the item-mean predictor)."""
+
+    def __init__(self, in_dim: int, num_items: int, embed_dim: int = 16,
+                 hidden: Sequence[int] = (64, 64), out_dim: int = 1,
+                 base_column: int | None = None, offset: float = 0.0) -> None:
+        super().__init__()
+        _positive(in_dim=in_dim, num_items=num_items, out_dim=out_dim)
+        if embed_dim < 0:
+            raise ValueError(f"embed_dim must be >= 0 (0: no item embedding); got {embed_dim}")
+        if in_dim < 2:
+            raise ValueError(f"in_dim must be >= 2 (features and the id column); got {in_dim}")
+        if base_column is not None and (not -in_dim <= base_column < in_dim
+                                        or base_column % in_dim == in_dim - 1):
+            raise ValueError(f"base_column {base_column} is not one of the {in_dim - 1} "
+                             "feature columns (the last column is the item id)")
+        self.num_items, self.base_column, self.offset = num_items, base_column, offset
+        # ids 1..num_items (0: none); embed_dim 0 = features only
+        self.embedding = nn.Embedding(num_items + 1, embed_dim) if embed_dim else None
+        self.mlp = MLP(in_dim - 1 + embed_dim, out_dim, hidden)
+        self.config = {"name": "item_mlp", "in_dim": in_dim, "num_items": num_items,
+                       "embed_dim": embed_dim, "hidden": list(hidden), "out_dim": out_dim,
+                       "base_column": base_column, "offset": offset}
+        self.input_shape = (in_dim,)
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = x[..., :-1]
+        if self.embedding is not None:
+            ids = torch.round(x[..., -1] * self.num_items).long().clamp(0, self.num_items)
+            features = torch.cat([features, self.embedding(ids)], dim=-1)
+        out: Tensor = self.mlp(features)
+        out = out + self.offset
+        if self.base_column is not None:  # a residual over a feature (e.g. the item mean)
+            column = self.base_column % x.shape[-1]
+            out = out + x[..., column: column + 1]
+        return out
+
+
 class _Recurrent(nn.Module):
     """Shared body of the GRU/LSTM targets: gates as two Linear maps, stepped over time."""
 
@@ -342,7 +386,7 @@ class TransformerNet(nn.Module):
 
 
 for _name, _cls in (("mlp", MLP), ("resmlp", ResMLP), ("conv4", Conv4), ("gru", GRUNet),
-                    ("lstm", LSTMNet), ("transformer", TransformerNet)):
+                    ("lstm", LSTMNet), ("transformer", TransformerNet), ("item_mlp", ItemMLP)):
     TARGETS.register(_name, _cls)
 TARGETS.register_lazy("minilm_top", "hypermeta.text:MiniLMTop")  # needs the 'text' extra
 

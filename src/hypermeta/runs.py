@@ -15,7 +15,7 @@ from torch import nn
 
 from hypermeta.checkpoint import CheckpointError, load_checkpoint
 from hypermeta.config import ConfigError, RunConfig
-from hypermeta.heads import ClassHead
+from hypermeta.heads import ClassHead, RidgeHead
 from hypermeta.model import HyperModel, Learner
 from hypermeta.registry import ENCODERS, HYPERNETS, METHODS, TARGETS, BuildContext
 from hypermeta.target import FunctionalTarget
@@ -87,16 +87,20 @@ def build_learner(config: RunConfig, tasks: TaskSource,
 
 def build_hypermodel(config: RunConfig, tasks: TaskSource, net: nn.Module) -> HyperModel:
     """The ``hypernet`` method: target, encoder, generator (and class head) from the config."""
-    head = config.class_head
+    head, ridge = config.class_head, config.ridge_head
     if head.enabled and not tasks.kind.uses_classes:
         raise ConfigError(f"class_head.enabled: needs class labels; {tasks.name!r} is "
                           f"{tasks.kind.name}")
+    if ridge.enabled and tasks.kind.uses_classes:
+        raise ConfigError(f"ridge_head.enabled: fits regression targets; {tasks.name!r} has "
+                          "class labels (use class_head)")
+    head_module = head.module if head.enabled else ridge.module if ridge.enabled else None
     try:
         functional = FunctionalTarget(net, generate=config.generate, adapter=config.adapter,
                                       rank=config.rank, batchnorm=config.batchnorm,
                                       gates=config.gates.enabled, gate_mode=config.gates.mode,
                                       gate_sparsity=config.gates.sparsity,
-                                      class_head=head.module if head.enabled else None)
+                                      class_head=head_module)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"generate/adapter/class_head: {err}") from None
     encoder, hypernet = None, None
@@ -116,8 +120,11 @@ def build_hypermodel(config: RunConfig, tasks: TaskSource, net: nn.Module) -> Hy
     if head.descriptions and not getattr(tasks, "describe_classes", False):
         raise ConfigError(f"class_head.descriptions: the {tasks.name!r} tasks carry no class "
                           "descriptions (for wordnet: tasks.describe: true)")
-    class_head = (ClassHead(functional.feature_dim, head.hidden, descriptions=head.descriptions)
-                  if head.enabled else None)
+    class_head: ClassHead | RidgeHead | None = None
+    if head.enabled:
+        class_head = ClassHead(functional.feature_dim, head.hidden, descriptions=head.descriptions)
+    elif ridge.enabled:
+        class_head = RidgeHead(functional.feature_dim, ridge.l2)
     try:
         return HyperModel(encoder, hypernet, functional, kind=tasks.kind,
                           finetune_steps=config.finetune.steps, finetune_lr=config.finetune.lr,

@@ -18,7 +18,7 @@ from hypermeta.serve.service import ServiceError, TaskService
 from hypermeta.tasks.inputs import label_schema, rows
 
 try:
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from fastapi.routing import APIRoute
@@ -284,6 +284,14 @@ def create_app(run_dir: str | Path, *, state_dir: str | Path | None = None,
     def predict_once(request: OneShotRequest) -> dict[str, Any]:  # type: ignore[valid-type]
         """Generate a task's network (as registration would) and predict, storing nothing."""
         return service.predict_once(request.model_dump(), request.x)  # type: ignore[attr-defined]
+
+    if service.has_catalogue:
+        @api.get("/v1/tasks/{task_id}/top", responses=_errors(400, *auth, 404, 409, 422))
+        def top_items(task_id: str, k: Annotated[int, Query(ge=1, le=10_000)] = 10
+                      ) -> dict[str, Any]:
+            """The k best-scored catalogue items for a registered task (a user), excluding
+            the items of its support set."""
+            return service.top_k(task_id, k)
 
     if service.source.input_format == "audio" and not service.takes_descriptor:
         _wav_routes(api, service, auth)

@@ -306,6 +306,30 @@ class TaskService:
         params = self.params_of(task_id)
         return self.predict(params, self.inputs(x))
 
+    @property
+    def has_catalogue(self) -> bool:
+        """Whether the task family has a catalogue of items to rank (``tasks.movielens``)."""
+        return callable(getattr(self.source, "catalogue", None))
+
+    def top_k(self, task_id: str, k: int) -> dict[str, Any]:
+        """The ``k`` best-scored catalogue items for a registered task, excluding the items of
+        its support set (the ones the user already rated)."""
+        if not self.has_catalogue:
+            raise ServiceError("this model's tasks have no item catalogue", 400, "task_id")
+        params = self.params_of(task_id)
+        rated = self.stored(task_id)["request"].get("support") or {}
+        seen = {int(i) for i in rated.get("x") or []}
+        source: Any = self.source
+        catalogue = source.catalogue()
+        ids = source.item_ids(catalogue)
+        with self.model_lock, torch.no_grad():
+            scores = self.model.target(params, catalogue[None])[0].reshape(-1)
+        keep = torch.tensor([int(i) not in seen for i in ids.tolist()])
+        scores, ids = scores[keep], ids[keep]
+        best = torch.topk(scores, min(k, len(scores)))
+        return {"items": ids[best.indices].tolist(),
+                "scores": [round(float(v), 6) for v in best.values]}
+
     def predict_once(self, request: dict[str, Any], x: Any) -> dict[str, Any]:
         """Generate from a task request (as ``register`` takes) and predict ``x``, storing
         nothing."""

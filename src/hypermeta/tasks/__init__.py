@@ -12,6 +12,7 @@ from hypermeta.tasks.base import SPLITS, FunctionTasks, Split, TaskSource, split
 from hypermeta.tasks.folder import folder_tasks
 from hypermeta.tasks.linear import LinearTasks
 from hypermeta.tasks.mixed import MixedTasks
+from hypermeta.tasks.movielens import movielens_tasks
 from hypermeta.tasks.omniglot import omniglot_tasks
 from hypermeta.tasks.sinusoid import SinusoidTasks
 from hypermeta.tasks.speech import fsdd_tasks, spoken_words_tasks
@@ -29,6 +30,7 @@ TASK_FAMILIES.register("wordnet", wordnet_tasks)
 DATA_SOURCES.register_lazy("wordnet", "hypermeta.tasks.wordnet:prepare_wordnet")
 TASK_FAMILIES.register("spoken_words", spoken_words_tasks)
 TASK_FAMILIES.register("fsdd", fsdd_tasks)
+TASK_FAMILIES.register("movielens", movielens_tasks)
 DATA_SOURCES.register_lazy("spoken-words", "hypermeta.tasks.speech:prepare_spoken_words")
 
 

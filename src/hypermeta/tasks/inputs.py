@@ -113,6 +113,17 @@ def decode_text(values: Any, source: Any, name: str) -> Tensor:
     return out
 
 
+def decode_items(values: Any, source: Any, name: str) -> Tensor:
+    """Catalogue items: a JSON array of integer item ids, turned into input rows by the
+    family's ``encode_items`` (``tasks.movielens``); unknown ids are an error naming them."""
+    rows = _rows(values, name)
+    bad = [i for i, v in enumerate(rows) if isinstance(v, bool) or not isinstance(v, int)]
+    if bad:
+        raise ValueError(f"{name}[{bad[0]}] must be an integer item id")
+    out: Tensor = source.encode_items(rows, name)
+    return out
+
+
 MAX_AUDIO_BYTES = 2_000_000  # one clip, decoded (about 60 s of 16 kHz 16-bit mono)
 
 
@@ -157,6 +168,9 @@ INPUT_DECODERS.register("numbers", InputFormat(
     lambda source, limit: nested(finite_number(limit), tuple(source.x_shape))))
 INPUT_DECODERS.register("integers", InputFormat(
     decode_integers, lambda source, limit: nested(_id(source), tuple(source.x_shape))))
+INPUT_DECODERS.register("items", InputFormat(
+    decode_items, lambda source, limit: Annotated[StrictInt, Field(
+        ge=1, le=source.num_items, description="an item id")]))
 INPUT_DECODERS.register("audio", InputFormat(
     decode_audio, lambda source, limit: Annotated[StrictStr, Field(
         min_length=1, description="a base64-encoded WAV file (mono 16-bit PCM)")]))
