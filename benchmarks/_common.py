@@ -54,6 +54,33 @@ def write_result(path: Path, payload: dict[str, Any]) -> Path:
     return atomic_write_json(path, payload)
 
 
+def parse_args(parser: Any) -> Any:
+    """Add the options every resumable benchmark takes (work budget per call, latency
+    repeats, torch threads, ``--smoke``), parse, and set the thread count."""
+    parser.add_argument("--budget-minutes", type=float, default=9.0,
+                        help="work at most this long per call; rerun to resume")
+    parser.add_argument("--repeats", type=int, default=30, help="latency repeats")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--smoke", action="store_true", help="tiny budget, *-smoke.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
+
+
+def publish(benchmark: str, payload: dict[str, Any], runs: dict[str, Any], *,
+            smoke: bool) -> Path:
+    """Finish a resumable benchmark's call: record each trained unit without its per-episode
+    test values (``runs``: key -> unit dict or None while unfinished), write the JSON (the
+    smoke file for ``--smoke``), print the summary and whether the run is complete."""
+    payload["units"] = {k: None if v is None else {kk: vv for kk, vv in v.items() if kk != "test"}
+                        for k, v in runs.items()}
+    path = write_result(result_path(benchmark, "cpu", smoke=smoke), payload)
+    print(json.dumps(payload.get("summary"), indent=1))
+    print(f"{'complete' if payload.get('complete') else 'INCOMPLETE (run again to resume)'}: "
+          f"{path}")
+    return path
+
+
 class ResumableBenchmark:
     """A benchmark that works in calls of at most ``args.budget_minutes``: its runs live in
     ``benchmarks/runs/NAME[-smoke]/`` (git-ignored), finished units in their ``state.json``."""
