@@ -183,3 +183,14 @@ def test_content_id_covers_scalar_and_integer_tensors():
     first = content_id("{}", weights)
     weights["bn.num_batches_tracked"] = torch.tensor(4)
     assert content_id("{}", weights) != first
+
+
+def test_a_cuda_device_that_is_not_there_is_refused_before_any_write(tmp_path):
+    # on a machine with CUDA, ask for one device past the last
+    bad = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    config = sinusoid_config(steps=2).model_copy(update={"device": bad})
+    with pytest.raises(ValueError, match="CUDA|does not exist"):
+        fit(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="device"):
+        RunConfig.from_dict({"device": "gpu"})

@@ -239,6 +239,9 @@ class RunConfig(_Strict):
     seed: int = 0
     threads: int | None = Field(None, ge=1, description="torch intra-op threads while training "
                                 "(default: leave torch's setting)")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="where fit trains: auto (CUDA when present), cpu, cuda, "
+                                    "cuda:N; under torchrun, cuda means this rank's LOCAL_RANK")
     tasks: TasksConfig = Field(default_factory=lambda: TasksConfig.model_validate({}))
     target: TargetConfig = Field(default_factory=lambda: TargetConfig.model_validate(
         {"name": "mlp", "in_dim": 1, "out_dim": 1, "hidden": [40, 40]}))

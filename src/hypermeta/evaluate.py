@@ -48,16 +48,26 @@ def evaluate(predict: Callable[[Episode], Tensor] | Any, episodes: Episode,
         >>> tasks = hypermeta.get_tasks("sinusoid", shots=5)
         >>> evaluate(model, tasks.fixed_tasks("test"), tasks.kind)["mean"]
     """
+    return summarize(task_values(predict, episodes, kind, batch=batch))
+
+
+def task_values(predict: Callable[[Episode], Tensor] | Any, episodes: Episode,
+                kind: TaskKind | str, *, batch: int = 100) -> Tensor:
+    """The kind's per-task metric of ``predict`` on each of ``episodes`` (``[T]``, CPU)."""
     kind = get_kind(kind)
+    device = None
     if isinstance(predict, torch.nn.Module):
+        device = next((t.device for t in (*predict.parameters(), *predict.buffers())), None)
         predict = predictor(predict)
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     values = []
     for start in range(0, episodes.num_tasks, batch):
         chunk = episodes.slice(start, start + batch)
+        if device is not None:  # a learner on a GPU evaluates there
+            chunk = chunk.to(device)
         if chunk.query_y is None:
             raise ValueError("evaluation episodes need query_y")
         pred = predict(chunk)
         values.append(kind.per_task_metric(pred.detach().cpu(), chunk.query_y.cpu()))
-    return summarize(torch.cat(values))
+    return torch.cat(values) if values else torch.zeros(0)

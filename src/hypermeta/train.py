@@ -4,6 +4,7 @@ best/last checkpoints and exact resume."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import math
@@ -19,7 +20,8 @@ from torch import Tensor, nn
 
 from hypermeta.checkpoint import load_checkpoint, save_checkpoint
 from hypermeta.config import ConfigError, RunConfig
-from hypermeta.evaluate import evaluate
+from hypermeta.distributed import World, resolve_device
+from hypermeta.evaluate import summarize, task_values
 from hypermeta.files import atomic_write_bytes
 from hypermeta.model import Learner
 from hypermeta.runs import build_learner, build_tasks
@@ -97,7 +99,7 @@ def _optimizer_tensors(
     for index, entry in state["state"].items():
         for key, value in entry.items():
             if isinstance(value, Tensor):
-                tensors[f"optim/{index}/{key}"] = value
+                tensors[f"optim/{index}/{key}"] = value.detach().cpu()
             else:
                 scalars[f"{index}/{key}"] = value
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
@@ -149,7 +151,7 @@ def fit(config: RunConfig, run_dir: str | Path, *, target: nn.Module | None = No
 
 def _identity(config: dict[str, Any]) -> dict[str, Any]:
     # what makes two configs the same run: all but the settings that cannot change results
-    return {k: v for k, v in config.items() if k not in ("threads",)}
+    return {k: v for k, v in config.items() if k not in ("threads", "device")}
 
 
 def _fit(config: RunConfig, run_dir: Path, *, target: nn.Module | None, resume: bool,
@@ -166,20 +168,29 @@ def _fit(config: RunConfig, run_dir: Path, *, target: nn.Module | None, resume: 
                               "output folder or delete it")
         if not resume:
             raise ConfigError(f"{run_dir} already holds this run; pass resume=True to continue")
+    device = resolve_device(config.device)
+    world = World.from_env(device)
+    if config.train.meta_batch % world.size:
+        raise ConfigError(f"train.meta_batch {config.train.meta_batch} does not divide among "
+                          f"{world.size} processes: make it a multiple of the world size")
     torch.manual_seed(config.seed)  # model initialisation
     tasks = build_tasks(config)  # may fail on missing data: before anything is written
-    learner = build_learner(config, tasks, target)
-    val_set = tasks.fixed_tasks("val", config.train.val_tasks)
+    learner = build_learner(config, tasks, target).to(device)
+    val_set = tasks.fixed_tasks("val", config.train.val_tasks).to(device)
     _probe(learner, tasks, val_set, config)  # runs once, fits the labels: before any write
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if fresh:
-        atomic_write_bytes(run_dir / "config.json",
-                           (json.dumps(json.loads(config_json), indent=2) + "\n").encode())
+    if world.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            atomic_write_bytes(run_dir / "config.json",
+                               (json.dumps(json.loads(config_json), indent=2) + "\n").encode())
+    world.barrier()
     try:
-        return _train(config, run_dir, config_json, tasks, learner, val_set, max_steps,
-                      callbacks)
+        result = _train(config, run_dir, config_json, tasks, learner, val_set, max_steps,
+                        callbacks, world, device)
+        world.close()
+        return result
     except BaseException:
-        if fresh and not last.exists():  # no checkpoint yet: leave no half-made run behind
+        if world.main and fresh and not last.exists():  # no checkpoint: leave no half-made run
             for leftover in ("config.json", "metrics.jsonl"):
                 (run_dir / leftover).unlink(missing_ok=True)
             shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
@@ -220,7 +231,8 @@ def _check_pretrain(learner: Learner, config: RunConfig) -> None:
 
 
 def _train(config: RunConfig, run_dir: Path, config_json: str, tasks: Any, learner: Learner,
-           val_set: Any, max_steps: int | None, callbacks: Sequence[Callback]) -> FitResult:
+           val_set: Any, max_steps: int | None, callbacks: Sequence[Callback],
+           world: World, device: torch.device) -> FitResult:
     kind = tasks.kind
     last, best = run_dir / "last.safetensors", run_dir / "best.safetensors"
     params = [p for p in learner.parameters() if p.requires_grad]
@@ -237,27 +249,38 @@ def _train(config: RunConfig, run_dir: Path, config_json: str, tasks: Any, learn
         if recorded != provenance and meta.get("format") != "hypermeta-checkpoint/1":
             raise ConfigError(f"{run_dir} was trained on other data than {tasks.name!r} reads "
                               "now; resume it with the same data, or start a new run folder")
+        trained_by = meta["state"]["trainer"].get("world_size", 1)
+        if trained_by != world.size:
+            raise ConfigError(f"{run_dir} was trained by {trained_by} process(es); resume it "
+                              f"with the same number (this call has {world.size})")
         learner.load_state_dict(weights)
         _restore_optimizer(optimizer, extra, meta["state"]["optimizer"])
         scheduler.load_state_dict(meta["state"]["scheduler"])
         generator.set_state(extra["rng/train"])
         torch.set_rng_state(extra["rng/torch"])
         state = meta["state"]["trainer"]
-        _truncate_metrics(run_dir / "metrics.jsonl", state["step"])
+        if world.main:
+            _truncate_metrics(run_dir / "metrics.jsonl", state["step"])
         log.info("resumed %s at step %d", run_dir, state["step"])
     else:  # a fresh start: forget metrics of an attempt that died before its first checkpoint
-        _truncate_metrics(run_dir / "metrics.jsonl", 0)
+        if world.main:
+            _truncate_metrics(run_dir / "metrics.jsonl", 0)
         if config.train.pretrain_steps:
-            _pretrain(learner, tasks, config, generator)
+            _pretrain(learner, tasks, config, generator, device)
     train_steps = config.train.steps if params else 0
     stop_at = train_steps if max_steps is None else min(train_steps, state["step"] + max_steps)
-    writer = _tensorboard(run_dir)
+    state["world_size"] = world.size
+    writer = _tensorboard(run_dir) if world.main else None
+    callbacks = callbacks if world.main else ()
+    share = world.share(config.train.meta_batch)
+    val_share = _bounds(val_set.num_tasks, world)
 
     def save(path: Path) -> str:
         tensors, optim_state = _optimizer_tensors(optimizer)
         tensors["rng/train"] = generator.get_state()
         tensors["rng/torch"] = torch.get_rng_state()
-        return save_checkpoint(path, config_json=config_json, model=learner.state_dict(),
+        model = {k: v.detach().cpu() for k, v in learner.state_dict().items()}
+        return save_checkpoint(path, config_json=config_json, model=model,
                                extra_tensors=tensors,
                                state={"trainer": state, "optimizer": optim_state,
                                       "scheduler": scheduler.state_dict(),
@@ -266,16 +289,18 @@ def _train(config: RunConfig, run_dir: Path, config_json: str, tasks: Any, learn
     for callback in callbacks:
         callback.on_start(description=f"{config.method} {tasks.name}", total=train_steps,
                           initial=state["step"])
-    metrics = (run_dir / "metrics.jsonl").open("a")
+    metrics = (run_dir / "metrics.jsonl").open("a") if world.main else io.StringIO()
     started = time.perf_counter()
     first = True
     try:
         while state["step"] < stop_at and not state["stopped_early"]:
             learner.train()
-            episode = tasks.sample("train", config.train.meta_batch, generator)
+            episode = tasks.sample("train", config.train.meta_batch, generator).to(device)
             if episode.query_y is None:
                 raise ValueError(f"task family {tasks.name!r} sampled training tasks without "
                                  "query_y")
+            if world.size > 1:  # every rank drew the whole batch; this one trains its share
+                episode = episode.slice(*share)
             # the family's episodes are checked once per call; later steps skip the checks
             # (each is a device sync)
             out = learner.outputs(episode, validate=first)
@@ -284,6 +309,7 @@ def _train(config: RunConfig, run_dir: Path, config_json: str, tasks: Any, learn
             objective = loss if out.extra_loss is None else loss + out.extra_loss
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(objective)
+            world.average_gradients(params)
             if config.train.clip is not None:
                 nn.utils.clip_grad_norm_(params, config.train.clip)
             optimizer.step()
@@ -292,7 +318,7 @@ def _train(config: RunConfig, run_dir: Path, config_json: str, tasks: Any, learn
             step = state["step"]
             logged: float | None = None
             if step % config.train.log_every == 0:
-                logged = loss.item()
+                logged = world.mean(loss.detach())
                 record = {"step": step, "loss": logged, "lr": scheduler.get_last_lr()[0]}
                 metrics.write(json.dumps(record) + "\n")
                 if writer is not None:
@@ -301,7 +327,8 @@ def _train(config: RunConfig, run_dir: Path, config_json: str, tasks: Any, learn
                 callback.on_step(step, logged)
             if step % config.train.val_every == 0 or step == train_steps:
                 learner.eval()
-                result = evaluate(learner, val_set, kind, batch=config.eval.batch)
+                result = summarize(world.gather(task_values(
+                    learner, val_set.slice(*val_share), kind, batch=config.eval.batch)))
                 metrics.write(json.dumps({"step": step, "val": result["mean"],
                                           "val_ci95": result["ci95"]}) + "\n")
                 if writer is not None:
@@ -316,9 +343,10 @@ def _train(config: RunConfig, run_dir: Path, config_json: str, tasks: Any, learn
                 state["train_seconds"] += time.perf_counter() - started
                 started = time.perf_counter()
                 metrics.flush()
-                if improved:
-                    save(best)
-                save(last)
+                if world.main:
+                    if improved:
+                        save(best)
+                    save(last)
                 for callback in callbacks:
                     callback.on_validate(step, result)
     finally:
@@ -328,9 +356,12 @@ def _train(config: RunConfig, run_dir: Path, config_json: str, tasks: Any, learn
         if writer is not None:
             writer.close()
     state["train_seconds"] += time.perf_counter() - started
-    cid = save(last)
-    if not best.exists():  # nothing to validate (e.g. scratch): the last state is the best
-        save(best)
+    cid = ""
+    if world.main:
+        cid = save(last)
+        if not best.exists():  # nothing to validate (e.g. scratch): the last state is the best
+            save(best)
+    cid = str(world.broadcast(cid))
     complete = state["step"] >= train_steps or state["stopped_early"]
     return FitResult(str(run_dir), state["step"], complete, state["stopped_early"],
                      state["best_val"], state["best_step"], state["train_seconds"], cid)
@@ -354,7 +385,7 @@ def _tensorboard(run_dir: Path) -> Any:
 
 
 def _pretrain(learner: Learner, tasks: Any, config: RunConfig,
-              generator: torch.Generator) -> None:
+              generator: torch.Generator, device: torch.device) -> None:
     """Fit one network to the pooled training data, then start the learner from it."""
     from hypermeta.baselines import MAML
     from hypermeta.model import HyperModel
@@ -367,7 +398,7 @@ def _pretrain(learner: Learner, tasks: Any, config: RunConfig,
     shared = [p for p in target.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam([flat, *shared], lr=config.train.lr)
     for _ in range(config.train.pretrain_steps):
-        episode = tasks.sample("train", config.train.meta_batch, generator)
+        episode = tasks.sample("train", config.train.meta_batch, generator).to(device)
         assert episode.query_y is not None
         params = spec.unflatten(flat.expand(episode.num_tasks, -1))  # one network for all
         x = torch.cat([episode.support_x, episode.query_x], dim=1)
@@ -384,3 +415,9 @@ def _pretrain(learner: Learner, tasks: Any, config: RunConfig,
             if set_base is None:
                 raise ConfigError("train.pretrain_steps: this hypernetwork has no set_base")
             set_base(flat.detach())
+
+
+def _bounds(total: int, world: World) -> tuple[int, int]:
+    """This rank's contiguous part of ``total`` evaluation tasks (sizes differ by at most 1)."""
+    start = world.rank * total // world.size
+    return start, (world.rank + 1) * total // world.size
