@@ -87,9 +87,13 @@ def train(
     run_dir = out or Path("runs") / config.stem
     result = fit(run_config, run_dir, max_steps=max_steps,
                  callbacks=[ProgressBar()] if progress else [])
-    typer.echo(json.dumps({"run_dir": str(run_dir), "steps_done": result.steps_done,
-                           "complete": result.complete, "best_val": result.best_val,
-                           "best_step": result.best_step, "content_id": result.content_id}))
+    from hypermeta.distributed import World
+
+    if World.from_env().main:  # under torchrun: one report, from rank 0
+        typer.echo(json.dumps({"run_dir": str(run_dir), "steps_done": result.steps_done,
+                               "complete": result.complete, "best_val": result.best_val,
+                               "best_step": result.best_step,
+                               "content_id": result.content_id}))
 
 
 @app.command("eval")
@@ -308,6 +312,10 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     state_dir: Annotated[Path | None, typer.Option(help="Folder of the task database "
                                                    "(default RUN_DIR/serve-state).")] = None,
+    store_url: Annotated[str | None, typer.Option(
+        help="The task database as a URL instead of --state-dir: sqlite:///tasks.db "
+             "(relative) or sqlite:////abs/tasks.db; servers on one machine may share it.")
+    ] = None,
     cache_size: Annotated[int, typer.Option(help="Generated networks kept in memory.")] = 128,
     max_body_bytes: Annotated[int, typer.Option(help="Larger bodies get 413.")] = 1_000_000,
     max_rows: Annotated[int, typer.Option(help="Most rows per support set or batch.")] = 10_000,
@@ -319,6 +327,8 @@ def serve(
     allow_remote_without_token: Annotated[bool, typer.Option(
         help="Bind a non-loopback interface without a token (not recommended).")] = False,
     allow_data_change: AllowDataChange = False,
+    workers: Annotated[int, typer.Option(help="Worker processes sharing the task store (each "
+                                         "with its own cache).")] = 1,
 ) -> None:
     """Serve task registration and prediction over HTTP (FastAPI + uvicorn)."""
     import ipaddress
@@ -338,13 +348,45 @@ def serve(
             from None
     from hypermeta.serve import create_app
 
-    if min(cache_size, max_body_bytes, max_rows) < 1 or not 0 < port < 65536:
-        raise ValueError("--cache-size, --max-body-bytes and --max-rows must be >= 1 and --port "
-                         "in 1..65535")
-    api = create_app(run_dir, state_dir=state_dir, cache_size=cache_size,
-                     max_body_bytes=max_body_bytes, max_rows=max_rows, token=token,
-                     allow_data_change=allow_data_change, max_abs_value=max_abs_value)
-    uvicorn.run(api, host=host, port=port, log_level="warning")
+    if min(cache_size, max_body_bytes, max_rows, workers) < 1 or not 0 < port < 65536:
+        raise ValueError("--cache-size, --max-body-bytes, --max-rows and --workers must be >= 1 "
+                         "and --port in 1..65535")
+    settings = {"run_dir": str(run_dir), "state_dir": None if state_dir is None else
+                str(state_dir), "store_url": store_url, "cache_size": cache_size,
+                "max_body_bytes": max_body_bytes,
+                "max_rows": max_rows, "token": token, "allow_data_change": allow_data_change,
+                "max_abs_value": max_abs_value}
+    api = create_app(**settings)  # type: ignore[arg-type]  # checks the run once, here
+    if workers == 1:
+        uvicorn.run(api, host=host, port=port, log_level="warning")
+        return
+    import os
+
+    from hypermeta.serve.app import SETTINGS_ENV
+
+    os.environ[SETTINGS_ENV] = json.dumps(settings)  # read by each worker's app factory
+    _serve_workers(host, port, workers)
+
+
+def _serve_workers(host: str, port: int, workers: int) -> None:
+    """uvicorn's multiprocess supervisor over a listening socket made here. uvicorn's own
+    (``uvicorn.run(workers=N)``) leaves the socket's protocol at 0, so asyncio never sets
+    TCP_NODELAY on accepted connections and every keep-alive request after the first waits
+    ~40 ms for a delayed ACK (uvicorn issue #3149); this socket says IPPROTO_TCP."""
+    import socket
+
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    sock.set_inheritable(True)
+    config = uvicorn.Config("hypermeta.serve.app:app_from_env", factory=True, host=host,
+                            port=port, workers=workers, log_level="warning")
+    Multiprocess(config, sockets=[sock]).run()
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Build datasets from their original release.")

@@ -9,12 +9,13 @@ refusing it (413) as soon as it passes the limit.
 # (no ``from __future__ import annotations``: the request models are built per run, and the
 # route functions' annotations must be those objects, not strings)
 import hmac
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 from hypermeta.runs import load_hypermodel
-from hypermeta.serve.service import ServiceError, TaskService
+from hypermeta.serve.service import ServiceError, TaskService, store_path
 from hypermeta.tasks.inputs import label_schema, rows
 
 try:
@@ -28,6 +29,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     raise ImportError("serving needs the 'serve' extra: pip install 'hypermeta[serve]'") from err
 
 _STRICT = ConfigDict(extra="forbid")
+WORKER = str(os.getpid()).encode()
 
 
 def request_models(service: TaskService) -> tuple[Any, Any, Any]:
@@ -142,6 +144,9 @@ class _Guard:
         async def send_status(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                # which worker process answered (several with `serve --workers N`)
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"x-hypermeta-worker", WORKER)]}
             await send(message)
 
         try:
@@ -193,6 +198,7 @@ class _Guard:
 
 
 def create_app(run_dir: str | Path, *, state_dir: str | Path | None = None,
+               store_url: str | None = None,
                cache_size: int = 128, max_body_bytes: int = 1_000_000, max_rows: int = 10_000,
                token: str | None = None, which: str = "best",
                allow_data_change: bool = False, max_abs_value: float = 1e6) -> Any:
@@ -201,6 +207,8 @@ def create_app(run_dir: str | Path, *, state_dir: str | Path | None = None,
     Arguments:
         run_dir: a hypernet run made by ``hypermeta train``.
         state_dir: where the SQLite task database lives (default ``run_dir/serve-state``).
+        store_url: the task database as a URL instead, ``sqlite:///path.db`` (several servers
+            on one machine may share it; other schemes are refused).
         cache_size: generated task networks kept in memory (LRU).
         max_body_bytes: larger request bodies get 413 (checked while streaming).
         max_rows: most rows in a support set or a prediction batch (else 413).
@@ -215,8 +223,13 @@ def create_app(run_dir: str | Path, *, state_dir: str | Path | None = None,
         raise ValueError("max_body_bytes must be >= 1")
     if token is not None and not token.strip():
         raise ValueError("token is empty or blank: pass a real token, or none (loopback only)")
+    if state_dir is not None and store_url is not None:
+        raise ValueError("give state_dir or store_url, not both")
+    store_file = None if store_url is None else store_path(store_url)
+    state_home = None if store_file is not None else Path(state_dir or Path(run_dir) /
+                                                          "serve-state")
     run = load_hypermodel(run_dir, which=which, allow_data_change=allow_data_change)
-    service = TaskService(run, state_dir=Path(state_dir or Path(run_dir) / "serve-state"),
+    service = TaskService(run, state_dir=state_home, store_file=store_file,
                           cache_size=cache_size, max_rows=max_rows,
                           max_abs_value=max_abs_value)
     api = FastAPI(title="hypermeta", version=str(run.content_id[:12]),
@@ -296,3 +309,17 @@ def create_app(run_dir: str | Path, *, state_dir: str | Path | None = None,
     if service.source.input_format == "audio" and not service.takes_descriptor:
         _wav_routes(api, service, auth)
     return _Guard(api, service, token=token, max_body_bytes=max_body_bytes)
+
+
+SETTINGS_ENV = "HYPERMETA_SERVE_SETTINGS"
+
+
+def app_from_env() -> Any:
+    """``create_app`` with the keyword arguments in ``$HYPERMETA_SERVE_SETTINGS`` (JSON): the
+    factory each worker process of ``hypermeta serve --workers N`` calls. The workers share
+    the SQLite task store (WAL); each keeps its own cache, and a task registered through one
+    is served by every other (a cache miss regenerates it from the stored request)."""
+    import json
+
+    settings = json.loads(os.environ[SETTINGS_ENV])
+    return create_app(**settings)

@@ -39,6 +39,22 @@ class ServiceError(Exception):
         self.status, self.message, self.field = status, message, field
 
 
+def store_path(url: str) -> Path:
+    """The SQLite file of a task-store URL: ``sqlite:///relative.db`` or
+    ``sqlite:////absolute/path.db`` (SQLAlchemy's spelling). Other databases are not built."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme:
+        raise ValueError(f"store URL {url!r} is not a URL; use sqlite:///path/to/tasks.db")
+    if scheme.split("+")[0] != "sqlite":
+        raise ValueError(f"store URL scheme {scheme!r} is not supported: only sqlite:/// "
+                         "(a PostgreSQL store for many machines is future work; see the "
+                         "README's 'Scaling out')")
+    if not rest.startswith("/") or rest in ("/", "/:memory:"):
+        raise ValueError(f"store URL {url!r} names no file; use sqlite:///tasks.db (relative) "
+                         "or sqlite:////abs/tasks.db (absolute) -- a shared store must be a file")
+    return Path(rest[1:])
+
+
 class TaskStore:
     """Registered tasks in SQLite (WAL); every write is committed before the reply."""
 
@@ -46,8 +62,9 @@ class TaskStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()
         self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
         self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA busy_timeout=10000")  # other worker processes write too
         self.db.execute("CREATE TABLE IF NOT EXISTS tasks (id TEXT PRIMARY KEY, created REAL, "
                         "content_id TEXT, kind TEXT, request TEXT)")
 
@@ -110,15 +127,19 @@ class TaskService:
 
     Arguments:
         run: a hypernet run (``hypermeta.runs.load_hypermodel``).
-        state_dir: folder of the SQLite task database.
+        state_dir: folder of the SQLite task database (``tasks.sqlite3``).
+        store_file: the database file itself, instead of ``state_dir`` (``--store-url``).
         cache_size: generated task networks kept in memory (LRU).
         max_rows: most rows in a support set or a prediction batch (else 413).
         max_abs_value: largest magnitude of a numeric input, label or descriptor value (else
             422); far beyond any training range, it keeps the model's arithmetic finite.
     """
 
-    def __init__(self, run: Run, *, state_dir: Path, cache_size: int = 128,
+    def __init__(self, run: Run, *, state_dir: Path | None = None,
+                 store_file: Path | None = None, cache_size: int = 128,
                  max_rows: int = 10_000, max_abs_value: float = 1e6) -> None:
+        if (state_dir is None) == (store_file is None):
+            raise ValueError("give state_dir or store_file (one of them)")
         if cache_size < 1 or max_rows < 1 or not max_abs_value > 0:
             raise ValueError("cache_size and max_rows must be >= 1 and max_abs_value > 0")
         self.max_abs_value = float(max_abs_value)
@@ -126,7 +147,7 @@ class TaskService:
         self.content_id, self.kind = run.content_id, run.tasks.kind
         self.input_format = INPUT_DECODERS.get(self.source.input_format)
         self.cache_size, self.max_rows = cache_size, max_rows
-        self.store = TaskStore(state_dir / "tasks.sqlite3")
+        self.store = TaskStore(store_file or Path(str(state_dir)) / "tasks.sqlite3")
         self.metrics = Metrics()
         self.cache: collections.OrderedDict[str, Params] = collections.OrderedDict()
         self.cache_stats = collections.Counter[str]()
