@@ -68,13 +68,13 @@ def parse_args(parser: Any) -> Any:
 
 
 def publish(benchmark: str, payload: dict[str, Any], runs: dict[str, Any], *,
-            smoke: bool) -> Path:
+            smoke: bool, config: str = "cpu") -> Path:
     """Finish a resumable benchmark's call: record each trained unit without its per-episode
     test values (``runs``: key -> unit dict or None while unfinished), write the JSON (the
     smoke file for ``--smoke``), print the summary and whether the run is complete."""
     payload["units"] = {k: None if v is None else {kk: vv for kk, vv in v.items() if kk != "test"}
                         for k, v in runs.items()}
-    path = write_result(result_path(benchmark, "cpu", smoke=smoke), payload)
+    path = write_result(result_path(benchmark, config, smoke=smoke), payload)
     print(json.dumps(payload.get("summary"), indent=1))
     print(f"{'complete' if payload.get('complete') else 'INCOMPLETE (run again to resume)'}: "
           f"{path}")

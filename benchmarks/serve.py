@@ -1,5 +1,7 @@
 """Bounded load test of `hypermeta serve` on loopback: requests/s and p50/p99 latency of predict
-and of task registration, error count; plus the in-process generation latency.
+and of task registration, error count, with one worker process and then with `--workers 2`
+(`rps_workers2`; clients and server share the machine's cores); plus the in-process
+generation latency.
 
     python benchmarks/serve.py                 # 30 s, 4 clients -> results/serve-cpu.json
     python benchmarks/serve.py --smoke         # 5 s -> results/serve-cpu-smoke.json
@@ -54,23 +56,18 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.array(values) * 1000, q)) if values else float("nan")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--smoke", action="store_true")
-    args = parser.parse_args()
-    if args.smoke:
-        args.seconds = 5.0
-    env = environment([0])
-    tmp = Path(tempfile.mkdtemp(prefix="hypermeta-serve-"))
-    run_dir = run_to_serve(tmp)
+def load_test(run_dir: Path, tmp: Path, tasks: Any, *, workers: int, seconds: float,
+              clients: int) -> tuple[dict[str, list[float]], list[str], float]:
+    """Run ``hypermeta serve --workers N`` and hammer it from ``clients`` threads for
+    ``seconds``: latencies per route, errors, elapsed seconds."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "hypermeta", "serve", str(run_dir), "--port", str(port),
-         "--state-dir", str(tmp / "state")],
+         "--state-dir", str(tmp / f"state-{workers}"), "--workers", str(workers)],
         env={k: v for k, v in os.environ.items() if k != "HYPERMETA_TOKEN"})
     base = f"http://127.0.0.1:{port}"
+    latencies: dict[str, list[float]] = {"register": [], "predict": []}
+    errors: list[str] = []
     try:
         for _ in range(300):
             try:
@@ -78,18 +75,15 @@ def main() -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        tasks = get_tasks("sinusoid", shots=10).fixed_tasks("test", 200)
-        latencies: dict[str, list[float]] = {"register": [], "predict": []}
-        errors: list[str] = []
         lock = threading.Lock()
-        stop_at = time.time() + args.seconds
+        stop_at = time.time() + seconds
 
         def client(index: int) -> None:
             with httpx.Client(base_url=base, timeout=30) as http:
                 n = index
                 while time.time() < stop_at:
                     i = n % tasks.num_tasks
-                    n += args.clients
+                    n += clients
                     support = {"x": tasks.support_x[i].tolist(),
                                "y": tasks.support_y[i, :, 0].tolist()}
                     start = time.perf_counter()
@@ -114,7 +108,7 @@ def main() -> None:
                                 errors.append(f"predict {reply.status_code}")
 
         started = time.perf_counter()
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
         for t in threads:
             t.start()
         for t in threads:
@@ -123,6 +117,25 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+    return latencies, errors, elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args()
+    if args.smoke:
+        args.seconds = 5.0
+    env = environment([0])
+    tmp = Path(tempfile.mkdtemp(prefix="hypermeta-serve-"))
+    run_dir = run_to_serve(tmp)
+    tasks = get_tasks("sinusoid", shots=10).fixed_tasks("test", 200)
+    latencies, errors, elapsed = load_test(run_dir, tmp, tasks, workers=1,
+                                           seconds=args.seconds, clients=args.clients)
+    latencies2, errors2, elapsed2 = load_test(run_dir, tmp, tasks, workers=2,
+                                              seconds=args.seconds, clients=args.clients)
     # in-process generation latency: support set -> generated (fine-tuned if configured) params
     model = load_run(run_dir).learner
     one = tasks.task(0)
@@ -138,7 +151,11 @@ def main() -> None:
                "p99_ms": percentile(latencies["predict"], 99), "errors": len(errors),
                "register_p50_ms": percentile(latencies["register"], 50),
                "register_p99_ms": percentile(latencies["register"], 99),
-               "generation_ms": generation_ms}
+               "generation_ms": generation_ms,
+               "rps_workers2": (len(latencies2["register"]) + len(latencies2["predict"]))
+               / elapsed2, "errors_workers2": len(errors2),
+               "p50_ms_workers2": percentile(latencies2["predict"], 50),
+               "p99_ms_workers2": percentile(latencies2["predict"], 99)}
     payload: dict[str, Any] = {
         "benchmark": "serve", "complete": True, "summary": summary, "config": vars(args),
         "served_run": str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else "tmp",
