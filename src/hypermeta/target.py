@@ -19,6 +19,7 @@ from hypermeta.adapters import FiLM, LowRank
 from hypermeta.gates import GateMode, Gates
 from hypermeta.heads import PerClassHead
 from hypermeta.parts import Part, register_placeholder
+from hypermeta.plan import LinearPlan
 from hypermeta.spec import Params, ParamSpec
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,8 @@ class FunctionalTarget(nn.Module):
         self.head_names = () if head is None else head.free_names
         self.feature_dim = 0 if head is None else head.feature_dim
         self._shared_cache: dict[str, Tensor] | None = None
+        # a plain Linear stack with plain generated tensors runs as F.linear/baddbmm calls
+        self._plan = None if chosen else LinearPlan.of(self.module, frozenset(self.spec.names))
         self._use_vmap = not any(isinstance(m, nn.RNNBase) for m in self.module.modules())
         if not self._use_vmap:
             self._warn_loop("nn.RNNBase modules (nn.GRU/nn.LSTM/nn.RNN) have no vmap rule")
@@ -272,6 +275,16 @@ class FunctionalTarget(nn.Module):
         Returns ``[T, N, ...]``, the output of each task's network on its own inputs.
         """
         self.check(params, x)
+        return self.run(params, x)
+
+    def run(self, params: Params, x: Tensor) -> Tensor:
+        """``forward`` without the checks, for callers that validated ``params`` and ``x``
+        once (the fast inference path, ``HyperModel.fast``)."""
+        if self._plan is not None and x.dim() == 3 and x.shape[-1] == self._plan.in_features:
+            if self._shared_cache is None:
+                self.shared_tensors()
+            assert self._shared_cache is not None
+            return self._plan(self._shared_cache, params, x)
         if x.shape[0] == 1:  # one task (serving, adaptation latency): vmap would only add cost
             return self._call_one({n: p[0] for n, p in params.items()}, x[0])[None]
         if not self._use_vmap:
