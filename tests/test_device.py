@@ -69,3 +69,17 @@ def test_cuda_training_takes_the_cpu_steps(config: str, extra: list[str],
     on_cpu = evaluate(run.learner, episodes, run.tasks.kind)
     on_gpu = evaluate(run.learner.to("cuda"), episodes, run.tasks.kind)
     assert abs(on_cpu["mean"] - on_gpu["mean"]) < 1e-2 * max(1.0, abs(on_cpu["mean"]))
+
+
+def test_fast_inference_on_cuda_equals_predict() -> None:
+    config = RunConfig.from_file(CONFIGS / "sinusoid_hypernet.yaml", ["device=cuda"])
+    from hypermeta.runs import build_learner, build_tasks
+
+    tasks = build_tasks(config)
+    model = build_learner(config, tasks).to("cuda").eval()
+    episode = tasks.fixed_tasks("test", 8).to("cuda")
+    fast = model.prepare_inference()
+    assert fast.lean
+    assert torch.allclose(fast(episode), model.predict(episode), atol=1e-4, rtol=1e-4)
+    cpu_episode = tasks.fixed_tasks("test", 8)  # CPU tensors: the full validation moves them
+    assert torch.allclose(fast(cpu_episode), model.predict(cpu_episode), atol=1e-4, rtol=1e-4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -188,3 +189,15 @@ def _descriptor_problems(descriptor: Descriptor, num_tasks: int) -> list[str]:
             return [f"descriptor list must hold strings; found {sorted(set(bad))}"]
         return []
     return [f"descriptor must be a Tensor, a list of str or None; got {type(descriptor).__name__}"]
+
+
+def require_finite(tensors: Iterable[Tensor], what: str) -> None:
+    """Raise naming the tasks (dim 0) whose ``what`` hold NaN or Inf (one device sync)."""
+    bad: set[int] = set()
+    for t in tensors:
+        finite = torch.isfinite(t.reshape(t.shape[0], -1)).all(1)
+        if not bool(finite.all()):
+            bad.update((~finite).nonzero().flatten().tolist())
+    if bad:
+        raise ValueError(f"the {what} of tasks {sorted(bad)[:10]} are not finite: their support "
+                         "values (or descriptors) lie far outside what the model was trained on")

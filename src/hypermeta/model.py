@@ -4,17 +4,20 @@ interface every method (hypernetworks and baselines alike) offers the trainer.""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from hypermeta.adapt import adapt
-from hypermeta.episodes import Episode, episode_ways
+from hypermeta.episodes import Episode, episode_ways, require_finite
 from hypermeta.heads import ClassHead, RidgeHead
 from hypermeta.kinds import TaskKind, get_kind
 from hypermeta.spec import Params
 from hypermeta.target import FunctionalTarget
+
+if TYPE_CHECKING:
+    from hypermeta.fast import FastPredictor
 
 
 @dataclass(frozen=True)
@@ -228,7 +231,7 @@ class HyperModel(Learner):
         the tasks whose parameters are not finite (support values far outside the training
         range, e.g. ``support_y`` of 1e30, overflow inside the model)."""
         params = self._adapted(self.prepare(episode), finetune_steps)
-        _require_finite(params.values(), "generated parameters")
+        require_finite(params.values(), "generated parameters")
         return params
 
     def _adapted(self, episode: Episode, finetune_steps: int | None) -> Params:
@@ -247,8 +250,23 @@ class HyperModel(Learner):
         params = self._adapted(episode, finetune_steps)
         with torch.no_grad():
             out: Tensor = self.target(params, episode.query_x)
-        _require_finite([out], "predictions")
+        require_finite([out], "predictions")
         return out
+
+    def prepare_inference(self, *, compile: bool = False, fold: bool = True) -> FastPredictor:
+        """The fast inference path: a callable equal to ``predict`` (no fine-tuning steps)
+        without its per-call overhead — a lean validation at the boundary, then plain tensor
+        operations (``hypermeta.fast``); ``compile=True`` also runs it through
+        ``torch.compile``; ``fold=False`` keeps every affine layer (bit-identical outputs;
+        see ``hypermeta.fast``). Call it after training: it holds a snapshot of the weights.
+
+        Example:
+            >>> fast = model.prepare_inference()
+            >>> pred = fast(episode)          # == model.predict(episode)
+        """
+        from hypermeta.fast import FastPredictor
+
+        return FastPredictor(self, compile=compile, fold=fold)
 
     @torch.no_grad()
     def generate(self, episode: Episode, finetune_steps: int | None = None) -> list[nn.Module]:
@@ -258,18 +276,6 @@ class HyperModel(Learner):
         count = next(iter(params.values())).shape[0]
         return [self.target.materialize({n: p[i] for n, p in params.items()})
                 for i in range(count)]
-
-
-def _require_finite(tensors: Any, what: str) -> None:
-    """Raise naming the tasks (dim 0) whose ``what`` hold NaN or Inf (one device sync)."""
-    bad: set[int] = set()
-    for t in tensors:
-        finite = torch.isfinite(t.reshape(t.shape[0], -1)).all(1)
-        if not bool(finite.all()):
-            bad.update((~finite).nonzero().flatten().tolist())
-    if bad:
-        raise ValueError(f"the {what} of tasks {sorted(bad)[:10]} are not finite: their support "
-                         "values (or descriptors) lie far outside what the model was trained on")
 
 
 def _check_class_head(head: ClassHead | RidgeHead | None, target: FunctionalTarget,

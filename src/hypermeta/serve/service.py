@@ -152,6 +152,8 @@ class TaskService:
         self.cache: collections.OrderedDict[str, Params] = collections.OrderedDict()
         self.cache_stats = collections.Counter[str]()
         self.model_lock, self.cache_lock = threading.Lock(), threading.Lock()
+        # generation through the lean path (== adapted_params; the model's own otherwise)
+        self.fast = self.model.prepare_inference()
 
     # ------------------------------------------------------------------- decoding requests
     def _rows(self, values: Any, name: str) -> None:
@@ -248,7 +250,7 @@ class TaskService:
         """The task's generated (and fine-tuned) parameters; refuses non-finite ones."""
         try:
             with self.model_lock:
-                params = self.model.adapted_params(episode)
+                params = self.fast.params(episode)
         except (ValueError, IndexError, RuntimeError) as err:  # bad values: 4xx, never 5xx
             raise ServiceError(" ".join(str(err).split())[:500]) from None
         return params
