@@ -11,6 +11,8 @@ STAMP := $(VENV)/.installed
 WORDNET_FILE := /usr/share/wordnet/data.noun
 # espeak-ng synthesises the spoken-word set of the speech tasks.
 ESPEAK := /usr/bin/espeak-ng
+# headless Chromium renders the inspect report in its browser test.
+CHROMIUM := /usr/bin/chromium
 
 # Benchmark data is never committed: use ../shared/data when it exists, unless already set.
 ifeq ($(HYPERMETA_DATA),)
@@ -46,6 +48,7 @@ endef
 system-deps:
 	$(call need_deb,wordnet-base,$(WORDNET_FILE),WordNet 3.0 for the text tasks and tests; or set HYPERMETA_WORDNET to a dict folder,$(HYPERMETA_WORDNET))
 	$(call need_deb,espeak-ng,$(ESPEAK),the synthetic voices of the speech tasks and tests,)
+	$(call need_deb,chromium,$(CHROMIUM),headless browser for the inspect report's test,)
 
 demo: $(STAMP) system-deps
 	$(BIN)/python examples/sinusoid_demo.py

@@ -26,7 +26,8 @@ def torchrun(config: str, out: Path, *extra: str, ranks: int = 2) -> subprocess.
     for item in (*TINY, *extra):
         args += ["--set", item] if "=" in item else [item]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=180)
+    timeout = int(os.environ.get("TORCHRUN_TIMEOUT", "180"))
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:

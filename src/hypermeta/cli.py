@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -87,9 +88,9 @@ def train(
     run_dir = out or Path("runs") / config.stem
     result = fit(run_config, run_dir, max_steps=max_steps,
                  callbacks=[ProgressBar()] if progress else [])
-    from hypermeta.distributed import World
-
-    if World.from_env().main:  # under torchrun: one report, from rank 0
+    # under torchrun: one report, from rank 0 (read from the environment: fit has left its
+    # process group, and joining another here would be a second rendezvous)
+    if os.environ.get("RANK", "0") == "0":
         typer.echo(json.dumps({"run_dir": str(run_dir), "steps_done": result.steps_done,
                                "complete": result.complete, "best_val": result.best_val,
                                "best_step": result.best_step,
@@ -360,7 +361,6 @@ def serve(
     if workers == 1:
         uvicorn.run(api, host=host, port=port, log_level="warning")
         return
-    import os
 
     from hypermeta.serve.app import SETTINGS_ENV
 
@@ -387,6 +387,25 @@ def _serve_workers(host: str, port: int, workers: int) -> None:
     config = uvicorn.Config("hypermeta.serve.app:app_from_env", factory=True, host=host,
                             port=port, workers=workers, log_level="warning")
     Multiprocess(config, sockets=[sock]).run()
+
+
+@app.command("inspect")
+@_friendly
+def inspect_run(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder.")],
+    out: Annotated[Path | None, typer.Option(help="Folder for report.html (default "
+                                             "RUN_DIR/report).")] = None,
+    tasks: Annotated[int, typer.Option(help="Test tasks for the map and statistics.")] = 200,
+    which: Annotated[str, typer.Option(help="Checkpoint: best or last.")] = "best",
+    colour_by: Annotated[list[str] | None, typer.Option(
+        "--colour-by", help="Task property to colour the map by (repeatable; default: all "
+                            "the family declares).")] = None,
+) -> None:
+    """Write a self-contained HTML report of a trained run (curves, task map, weight
+    statistics, interpolation, fusion, support influence) and print its path."""
+    from hypermeta.report import write_report
+
+    typer.echo(str(write_report(run_dir, out, tasks=tasks, which=which, colour_by=colour_by)))
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Build datasets from their original release.")

@@ -104,6 +104,11 @@ class TaskSource(abc.ABC):
                               described[None, :1])
         return replace(support, descriptor=described[None], ways=len(described))
 
+    def properties(self, episode: Episode) -> dict[str, Tensor]:
+        """Per-task properties of ``episode`` worth colouring a task map by (``{name: [T]}``;
+        ``hypermeta.inspect``). None by default; function families name their theta."""
+        return {}
+
     def provenance(self) -> dict[str, Any]:
         """What decides which data this family reads — data files and class lists with their
         sha256 digests — recorded in every checkpoint; ``eval`` on a source whose provenance
@@ -121,6 +126,7 @@ class FunctionTasks(TaskSource):
     kind = get_kind("regression")
     x_shape = (1,)
     out_dim = 1
+    theta_names: tuple[str, ...] = ()  # names of the theta columns (task map colours)
 
     def __init__(self, *, shots: int, queries: int = 10, eval_queries: int = 100,
                  x_range: tuple[float, float] = (-5.0, 5.0), noise: float = 0.0) -> None:
@@ -148,6 +154,13 @@ class FunctionTasks(TaskSource):
             y = y + self.noise * torch.randn(y.shape, generator=generator)
         return Episode(x[:, : self.shots], y[:, : self.shots], x[:, self.shots:],
                        y[:, self.shots:], descriptor=theta)
+
+    def properties(self, episode: Episode) -> dict[str, Tensor]:
+        theta = episode.descriptor
+        if not isinstance(theta, Tensor) or theta.dim() != 2:
+            return {}
+        names = self.theta_names or tuple(f"theta{i}" for i in range(theta.shape[1]))
+        return {name: theta[:, i] for i, name in enumerate(names[: theta.shape[1]])}
 
     def sample(self, split: Split, num_tasks: int, generator: torch.Generator) -> Episode:
         check_split(split)  # every split of a continuous family draws from the same prior

@@ -18,6 +18,7 @@ class SinusoidTasks(FunctionTasks):
     """
 
     name = "sinusoid"
+    theta_names = ("amplitude", "phase")
 
     def __init__(self, *, shots: int = 10, queries: int = 10, eval_queries: int = 100,
                  amplitude: tuple[float, float] = (0.1, 5.0),
