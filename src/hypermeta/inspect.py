@@ -273,6 +273,11 @@ def support_influence(model: Any, episode: Episode) -> dict[str, Tensor]:
     shots = episode.support_x.shape[1]
     if shots < 2:
         raise ValueError("leaving one example out needs at least 2 support examples")
+    y = episode.support_y
+    if model.kind.uses_classes and not y.is_floating_point() and \
+            int(torch.bincount(y.reshape(-1).long()).min()) < 2:
+        raise ValueError("leaving one example out would remove a class with a single support "
+                         "example (a 1-shot task): every class needs 2 or more")
     full = model.params(episode)
     flat = torch.cat([p.reshape(1, -1) for p in full.values()], 1)
     base = float(_metric(model, full, episode)[0])

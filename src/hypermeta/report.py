@@ -94,8 +94,8 @@ def _map(model: Any, tasks: Any, episodes: Episode, new: Episode,
         ax.legend(loc="best", fontsize=8)
     caption = ("no property declared by this task family: uncoloured" if names == [None]
                else "colour: " + ", ".join(names))
-    return f"{_png(fig)}<p>{html.escape(caption)}; red stars: new tasks, lines to their 5 " \
-           "nearest mapped tasks (in embedding space).</p>"
+    return f"{_png(fig)}<p>{html.escape(caption)}; dots: training tasks; red stars: two " \
+           "test tasks, lines to their 5 nearest training tasks (in embedding space).</p>"
 
 
 def _stats(model: Any, episodes: Episode) -> str:
@@ -225,9 +225,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, tasks: i
     if ok:
         torch.manual_seed(0)
         test = source.fixed_tasks("test", tasks)
-        count = test.num_tasks
-        new, a, b = test.slice(count - 2, count), test.task(0), test.task(1)
-        mapped = test.slice(0, count - 2)
+        new, a, b = test.slice(0, 2), test.task(0), test.task(1)
+        try:  # the map shows training tasks; new (test) tasks are placed among them
+            mapped = source.fixed_tasks("train", tasks)
+        except (ValueError, KeyError, NotImplementedError):
+            mapped = test.slice(2, test.num_tasks)
         sections += [
             _section("Task-embedding map",
                      lambda: _map(model, source, mapped, new, colour_by)),
