@@ -155,3 +155,23 @@ def test_the_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path) 
 
     screenshot = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert screenshot.var() > 100  # a page with figures, not a blank one
+
+
+def test_gate_statistics_follow_the_masks_materialize_prunes_with(tmp_path: Path, loaded) -> None:
+    _, _, test = loaded
+    gated = tmp_path / "gated"
+    fit(RunConfig.from_dict({**CONFIG, "gates": {"enabled": True}}), gated)
+    model = load_run(gated).hypermodel
+    stats = hi.gate_stats(model, test.slice(0, 6))
+    assert stats["open"].shape == (6, len(stats["sites"])) and stats["size"].shape == (6,)
+    assert bool(((stats["open"] >= 0) & (stats["open"] <= 1)).all())
+    # task 0's open fractions are those of its pruned, materialised network
+    params = model.params(test.task(0))
+    net = model.target.materialize({n: p[0] for n, p in params.items()})
+    hidden = [m.out_features for m in net if isinstance(m, torch.nn.Linear)][:-1]
+    widths = torch.tensor(hidden, dtype=torch.float) / stats["units"]
+    assert torch.allclose(widths, stats["open"][0])
+    page = write_report(gated, tmp_path / "gated-report", tasks=20).read_text()
+    assert "Per-task structure (gates)" in page and len(_decoded_images(page)) == 5
+    with pytest.raises(ValueError, match="no structure gates"):
+        hi.gate_stats(loaded[0], test)

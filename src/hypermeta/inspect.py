@@ -293,3 +293,31 @@ def support_influence(model: Any, episode: Episode) -> dict[str, Tensor]:
     metric = _metric(model, params, left) - base
     return {"param_change": change.cpu(), "metric_change": metric.cpu(),
             "metric": torch.tensor(base)}
+
+
+def gate_stats(model: Any, episodes: Episode) -> dict[str, Any]:
+    """Per-task structure of a gated model (``gates=True``): for each task the fraction of each
+    gate site's units that stay open (``open [T, sites]``, the masks ``materialize`` prunes
+    with) and the task's size as the open fraction over all gated units (``size [T]``)."""
+    from hypermeta.gates import Gates
+
+    model = _model(model)
+    gates = model.target._part(Gates)
+    if gates is None:
+        raise ValueError("this model has no structure gates (train with gates: {enabled: true})")
+    z = embed(model, episodes)
+    params = params_from(model, z)
+    sites = list(gates.sites)
+    units = torch.tensor([float(gates.sites[s].units) for s in sites])
+    rows = []
+    import warnings
+
+    with warnings.catch_warnings():  # an all-closed site is reported here, not warned about
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for i in range(z.shape[0]):
+            masks = gates.masks({n: p[i] for n, p in params.items()})
+            rows.append(torch.stack([masks[s].float().mean() for s in sites]))
+    open_ = torch.stack(rows)
+    size = (open_ * units).sum(1) / units.sum()
+    return {"sites": sites, "units": units, "open": open_, "size": size}
+

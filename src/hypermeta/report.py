@@ -111,6 +111,32 @@ def _stats(model: Any, episodes: Episode) -> str:
             "std across tasks</th><th>R&sup2; from top 3 PCs</th></tr>" + rows + "</table>")
 
 
+def _gates(model: Any, episodes: Episode, properties: dict[str, Tensor]) -> str:
+    stats = hi.gate_stats(model, episodes)
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"wspace": 0.55})
+    order = torch.argsort(stats["size"])
+    shown = axes[0].imshow(stats["open"][order].T.numpy(), aspect="auto", cmap="viridis",
+                           vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(shown, ax=axes[0], label="open fraction of the site's units")
+    axes[0].set_yticks(range(len(stats["sites"])), stats["sites"])
+    axes[0].set_xlabel("task (sorted by size)")
+    axes[0].set_ylabel("gate site")
+    axes[0].set_title("gate map")
+    name = next(iter(properties), None)
+    if name is not None:
+        axes[1].scatter(properties[name].numpy(), stats["size"].numpy(), s=10)
+        axes[1].set_xlabel(name)
+    else:
+        axes[1].hist(stats["size"].numpy(), bins=20, color="tab:green")
+        axes[1].set_xlabel("task size")
+    axes[1].set_ylabel("open fraction of all gated units" if name else "tasks")
+    if name is not None:
+        axes[1].set_ylim(0, 1.05)
+    axes[1].set_title("per-task network size")
+    return _png(fig)
+
+
 def _interpolation(model: Any, a: Episode, b: Episode) -> str:
     path = hi.interpolate(model, a, b)
     plt = _pyplot()
@@ -234,6 +260,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, tasks: i
             _section("Task-embedding map",
                      lambda: _map(model, source, mapped, new, colour_by)),
             _section("Generated weights across tasks", lambda: _stats(model, mapped)),
+            *([_section("Per-task structure (gates)", lambda: _gates(
+                model, mapped, source.properties(mapped)))]
+              if getattr(model.target, "has_gates", False) else []),
             _section("Interpolation between two test tasks",
                      lambda: _interpolation(model, a, b)),
             _section("Model fusion", lambda: _fusion(model, source, a, b)),
