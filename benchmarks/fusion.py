@@ -27,7 +27,6 @@ from _common import ROOT, environment, parse_args, publish, train_in_chunks  # n
 
 from hypermeta import RunConfig, load_run  # noqa: E402
 from hypermeta import inspect as hi  # noqa: E402
-from hypermeta.episodes import Episode  # noqa: E402
 from hypermeta.evaluate import summarize  # noqa: E402
 
 CONFIG = ROOT / "configs" / "sinusoid_hypernet.yaml"
@@ -57,8 +56,7 @@ def main() -> None:
                                                   for n in NETWORKS}
     for i in range(args.pairs):
         a, b = test.task(2 * i), test.task(2 * i + 1)
-        y = tasks.function(a.descriptor, a.query_x) + tasks.function(b.descriptor, a.query_x)
-        fused = hi.fuse(model, a, b, Episode(a.support_x, a.support_y, a.query_x, y))
+        fused = hi.fuse(model, a, b, hi.sum_task(tasks, a, b))
         for name, metrics in fused.metrics.items():
             for task, value in metrics.items():
                 values[name][task].append(value)

@@ -20,7 +20,6 @@ from typer.testing import CliRunner
 from hypermeta import RunConfig, fit, load_run
 from hypermeta import inspect as hi
 from hypermeta.cli import app
-from hypermeta.episodes import Episode
 from hypermeta.export import export_network
 from hypermeta.report import write_report
 
@@ -62,8 +61,10 @@ def test_interpolation_ends_at_the_parents_networks_exactly(loaded) -> None:
 def test_fusion_networks_are_plain_exportable_modules(loaded, tmp_path: Path) -> None:
     model, tasks, test = loaded
     a, b = test.task(2), test.task(3)
-    y = tasks.function(a.descriptor, a.query_x) + tasks.function(b.descriptor, a.query_x)
-    fused = hi.fuse(model, a, b, Episode(a.support_x, a.support_y, a.query_x, y))
+    combined = hi.sum_task(tasks, a, b)
+    assert combined is not None and combined.query_y is not None
+    assert torch.allclose(combined.query_y, a.query_y + tasks.function(b.descriptor, a.query_x))
+    fused = hi.fuse(model, a, b, combined)
     assert set(fused.networks) == {"embedding_mix", "support_mix", "weight_avg", "parent_a",
                                    "parent_b"}
     assert set(fused.metrics["weight_avg"]) == {"a", "b", "combined"}

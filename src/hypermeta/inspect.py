@@ -162,9 +162,8 @@ def interpolate(model: Any, a: Episode, b: Episode, alphas: Sequence[float] | Te
             raise ValueError(f"task {name} must be one task, got {episode.num_tasks}")
     steps = torch.as_tensor(alphas if len(alphas) else torch.linspace(0, 1, 11),
                             dtype=torch.float64)
-    za, zb = embed(model, a), embed(model, b)
-    z = torch.cat([za if float(t) == 0 else zb if float(t) == 1 else
-                   ((1 - t) * za.double() + t * zb.double()).to(za.dtype) for t in steps])
+    za, zb = embed(model, a).double(), embed(model, b).double()
+    z = torch.cat([(1 - t) * za + t * zb for t in steps]).float()  # exact at 0 and 1
     # one network at a time: a batched product may round differently from the single-task
     # one, and alpha 0 and 1 must give the parents' networks bit for bit
     each = [params_from(model, z[i:i + 1]) for i in range(len(z))]
@@ -189,6 +188,17 @@ def _repeat(episode: Episode, count: int) -> Episode:
 
     return Episode(rep(episode.support_x), rep(episode.support_y), rep(episode.query_x),
                    rep(episode.query_y), None, rep(episode.support_mask))
+
+
+def sum_task(tasks: Any, a: Episode, b: Episode) -> Episode | None:
+    """The combined task ``y = f_A(x) + f_B(x)`` at ``a``'s query points, for a function
+    family (``FunctionTasks``: the descriptor is theta); ``None`` for other families."""
+    function = getattr(tasks, "function", None)
+    if not callable(function) or not isinstance(a.descriptor, Tensor) or \
+            not isinstance(b.descriptor, Tensor):
+        return None
+    y = function(a.descriptor, a.query_x) + function(b.descriptor, a.query_x)
+    return Episode(a.support_x, a.support_y, a.query_x, y)
 
 
 @dataclass

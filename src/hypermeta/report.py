@@ -35,6 +35,10 @@ def _pyplot() -> Any:
     return plt
 
 
+def _metric_name(kind: Any) -> str:
+    return {"regression": "MSE", "classification": "accuracy"}.get(kind.name, "metric")
+
+
 def _png(fig: Any) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -143,7 +147,7 @@ def _interpolation(model: Any, a: Episode, b: Episode) -> str:
     width = 2 if path.pred is not None else 1
     fig, axes = plt.subplots(1, width, figsize=(5.2 * width, 3.6), squeeze=False)
     ax = axes[0][0]
-    metric = "MSE" if model.kind.name == "regression" else "accuracy"
+    metric = _metric_name(model.kind)
     ax.plot(path.alphas, path.metric_a, marker="o", label="on task A")
     ax.plot(path.alphas, path.metric_b, marker="s", label="on task B")
     ax.set_xlabel("alpha (0 = task A's embedding, 1 = task B's)")
@@ -168,12 +172,7 @@ def _interpolation(model: Any, a: Episode, b: Episode) -> str:
 
 
 def _fusion(model: Any, tasks: Any, a: Episode, b: Episode) -> str:
-    combined = None
-    function = getattr(tasks, "function", None)
-    if callable(function) and isinstance(a.descriptor, Tensor) and \
-            isinstance(b.descriptor, Tensor):
-        y = function(a.descriptor, a.query_x) + function(b.descriptor, a.query_x)
-        combined = Episode(a.support_x, a.support_y, a.query_x, y)
+    combined = hi.sum_task(tasks, a, b)
     result = hi.fuse(model, a, b, combined)
     columns = list(next(iter(result.metrics.values())))
     header = "".join(f"<th>task {html.escape(c)}</th>" for c in columns)
@@ -182,7 +181,7 @@ def _fusion(model: Any, tasks: Any, a: Episode, b: Episode) -> str:
         for name, values in result.metrics.items())
     what = "y = f_A(x) + f_B(x) at A's query points" if combined is not None else \
         "(this family cannot build a combined task)"
-    metric = "MSE" if model.kind.name == "regression" else "accuracy"
+    metric = _metric_name(model.kind)
     return (f"<p>Query {metric} of each way to combine tasks A and B; combined task: "
             f"{html.escape(what)}. The fused networks see only the parents' embeddings, "
             "support sets or weights.</p><table><tr><th>network</th>" + header + "</tr>"
@@ -200,7 +199,7 @@ def _influence(model: Any, episode: Episode) -> str:
     axes[1].bar(index, result["metric_change"].numpy(), color="tab:orange")
     axes[1].axhline(0, color="black", lw=0.8)
     axes[1].set_xlabel("support example left out")
-    metric = "MSE" if model.kind.name == "regression" else "accuracy"
+    metric = _metric_name(model.kind)
     axes[1].set_ylabel(f"change of query {metric}")
     for ax in axes:
         ax.grid(alpha=0.3, axis="y")
@@ -231,8 +230,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, tasks: i
     _pyplot()  # a missing extra is an error before anything is computed
     run = load_run(run_dir, which=which)
     source = run.tasks
-    metric = {"regression": "MSE", "classification": "accuracy"}.get(source.kind.name,
-                                                                      "metric")
+    metric = _metric_name(source.kind)
     if colour_by is not None:  # checked before anything is drawn
         declared = source.properties(source.fixed_tasks("test", 3))
         unknown = [n for n in colour_by if n not in declared]
