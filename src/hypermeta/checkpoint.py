@@ -111,3 +111,35 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Tens
         raise CheckpointError(f"checkpoint {path} is corrupted: unreadable metadata ({err})") \
             from None
     return model, extra, meta
+
+
+# ------------------------------------------------------------------------------ optimizers
+def optimizer_tensors(
+    optimizer: torch.optim.Optimizer,
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """An optimizer's state as (tensors for ``extra_tensors``, JSON for ``state``): a
+    safetensors checkpoint holds no pickled objects. ``restore_optimizer`` is the inverse."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entry in state["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, Tensor):
+                tensors[f"optim/{index}/{key}"] = value.detach().cpu()
+            else:
+                scalars[f"{index}/{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, extra: dict[str, Tensor],
+                       saved: dict[str, Any]) -> None:
+    """Load what ``optimizer_tensors`` saved (``extra`` tensors, ``saved`` JSON) into
+    ``optimizer``."""
+    entries: dict[int, dict[str, Any]] = {}
+    for name, value in extra.items():
+        if name.startswith("optim/"):
+            _, index, key = name.split("/", 2)
+            entries.setdefault(int(index), {})[key] = value
+    for name, value in saved["scalars"].items():
+        index, key = name.split("/", 1)
+        entries.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": entries, "param_groups": saved["param_groups"]})

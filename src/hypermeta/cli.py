@@ -84,6 +84,10 @@ def train(
     if max_steps is not None and max_steps < 0:
         raise ValueError(f"--max-steps must be >= 0, got {max_steps}")
     overrides = [*(set_ or []), *([f"threads={threads}"] if threads is not None else [])]
+    if config.is_file() and "env:" in config.read_text() and "\nenv:" in "\n" + \
+            config.read_text():
+        raise ValueError(f"{config} is an RL config (it has an env: section): run "
+                         f"`hypermeta rl train {config}`")
     run_config = RunConfig.from_file(config, overrides)
     run_dir = out or Path("runs") / config.stem
     result = fit(run_config, run_dir, max_steps=max_steps,
@@ -231,8 +235,14 @@ def generate(
     which: Which = "best",
     allow_data_change: AllowDataChange = False,
 ) -> None:
-    """Generate one task's standalone network (safetensors + architecture JSON)."""
+    """Generate one task's standalone network (safetensors + architecture JSON); for an RL
+    run, one context's policy (--descriptor CONTEXT)."""
     from hypermeta.export import export_network
+    from hypermeta.rl.run import is_rl_run
+
+    if is_rl_run(run_dir):
+        _rl_policy(run_dir, descriptor, out, "safetensors")
+        return
 
     network, run, example, _ = _task_network(run_dir, support, descriptor, which,
                                              allow_data_change)
@@ -262,7 +272,12 @@ def export(
     """Export one task's generated network (or, with --hypernet, the generator) to a model
     that loads without hypermeta."""
     from hypermeta.export import FORMATS, export_generator, export_network, generator_example
+    from hypermeta.rl.run import is_rl_run
     from hypermeta.runs import load_hypermodel
+
+    if is_rl_run(run_dir) and not hypernet:
+        _rl_policy(run_dir, descriptor, out, fmt)
+        return
 
     if fmt not in (*FORMATS, "text"):
         raise ValueError(f"--format must be one of {[*FORMATS, 'text']}, got {fmt!r}")
@@ -435,6 +450,113 @@ def data_prepare(
         raise ValueError(f"data prepare {dataset}: {err}") from None
     path = prepare(**checked.model_dump())
     typer.echo(f"wrote {path}")
+
+
+rl_app = typer.Typer(no_args_is_help=True, help="Reinforcement learning: policies generated "
+                     "from an environment's context (needs the rl extra).")
+app.add_typer(rl_app, name="rl")
+ContextOption = Annotated[str, typer.Option(
+    "--context", help="Raw context: comma-separated numbers in the family's order (cartpole: "
+                      "length,masspole,force_mag; pendulum: m,l,g) or a game name.")]
+
+
+@rl_app.command("train")
+@_friendly
+def rl_train(
+    config: Annotated[Path, typer.Argument(help="YAML RL config (configs/rl-*.yaml).")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: key.sub=value "
+                                                   "(repeatable).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<config name>).")]
+    = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after about this many env steps "
+                                                  "in this call; rerun to resume.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = False,
+) -> None:
+    """Train a generated (or concat / context-blind) policy with PPO; resumes in the same
+    folder."""
+    from hypermeta.rl.run import RLConfig, train_rl
+
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"--max-steps must be >= 1, got {max_steps}")
+    run_config = RLConfig.from_file(config, set_ or [])
+    run_dir = out or Path("runs") / config.stem
+    result = train_rl(run_config, run_dir, max_steps=max_steps, progress=progress)
+    typer.echo(json.dumps({"run_dir": str(run_dir), "steps_done": result.steps_done,
+                           "complete": result.complete,
+                           "episode_return": result.episode_return}))
+
+
+@rl_app.command("eval")
+@_friendly
+def rl_eval(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder made by `hypermeta rl train`.")],
+    contexts: Annotated[str, typer.Option(help="interp, extrap (physics families) or games."
+                                          )] = "interp",
+    count: Annotated[int | None, typer.Option(help="Number of test contexts (default: "
+                                              "the config's eval.contexts).")] = None,
+    episodes: Annotated[int | None, typer.Option(help="Episodes per context.")] = None,
+) -> None:
+    """Mean return per fixed test context (deterministic actions); the mean over contexts
+    ± 95% CI; written to RUN_DIR/eval-rl-<contexts>.json."""
+    from hypermeta.evaluate import summarize
+    from hypermeta.files import atomic_write_json
+    from hypermeta.rl.run import evaluate_rl, load_rl_run, test_contexts
+
+    for name, value in (("--count", count), ("--episodes", episodes)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    run = load_rl_run(run_dir)
+    chosen = test_contexts(run.config, contexts, count)
+    returns = evaluate_rl(run, chosen, episodes=episodes)
+    result = summarize(torch.tensor(returns, dtype=torch.float64))
+    atomic_write_json(run_dir / f"eval-rl-{contexts}.json", {
+        "run_dir": str(run_dir), "content_id": run.content_id, "steps": run.steps,
+        "contexts": [c if isinstance(c, str) else [float(v) for v in c] for c in chosen],
+        "returns": returns, "result": result})
+    typer.echo(f"return {result['mean']:.2f} ± {result['ci95']:.2f} (95% CI over "
+               f"{len(chosen)} {contexts} contexts, {episodes or run.config.eval.episodes} "
+               "episodes each)")
+
+
+def _rl_policy(run_dir: Path, context: str | None, out: Path, fmt: str) -> None:
+    from hypermeta.rl.run import export_policy, load_rl_run
+
+    if context is None:
+        raise ValueError("an RL run needs --context (or --descriptor): the environment's "
+                         "parameters or a game name")
+    path = export_policy(load_rl_run(run_dir), context, out, fmt)
+    typer.echo(f"wrote {path} ({fmt} policy: flat observation -> action output)")
+
+
+@rl_app.command("generate")
+@_friendly
+def rl_generate(
+    run_dir: Annotated[Path, typer.Argument(help="An RL run folder.")],
+    context: ContextOption,
+    out: Annotated[Path, typer.Option(help="Output file.")],
+    fmt: Annotated[str, typer.Option("--format", help="safetensors, pt2 or onnx.")]
+    = "safetensors",
+) -> None:
+    """Write one context's policy as a plain network (also `hypermeta generate/export RUN_DIR
+    --descriptor CONTEXT`)."""
+    _rl_policy(run_dir, context, out, fmt)
+
+
+@rl_app.command("strip")
+@_friendly
+def rl_strip(
+    run_dir: Annotated[Path, typer.Argument(help="A cartpole or pendulum run folder.")],
+    out: Annotated[Path, typer.Option(help="PNG file.")],
+    context: Annotated[list[str] | None, typer.Option(
+        "--context", help="Raw context (repeatable; default: the default physics, one "
+                          "interpolation and one extrapolation context).")] = None,
+    frames: Annotated[int, typer.Option(help="Frames per context.")] = 6,
+) -> None:
+    """A PNG strip of one rollout per context (matplotlib drawings of the physics state)."""
+    from hypermeta.rl.render import rollout_strip
+    from hypermeta.rl.run import load_rl_run
+
+    typer.echo(f"wrote {rollout_strip(load_rl_run(run_dir), out, context, frames=frames)}")
 
 
 @app.command()

@@ -16,9 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from hypermeta.checkpoint import load_checkpoint, save_checkpoint
+from hypermeta.checkpoint import (
+    load_checkpoint,
+    optimizer_tensors,
+    restore_optimizer,
+    save_checkpoint,
+)
 from hypermeta.config import ConfigError, RunConfig
 from hypermeta.distributed import World, resolve_device
 from hypermeta.evaluate import summarize, task_values
@@ -91,38 +96,11 @@ def _schedule(optimizer: torch.optim.Optimizer,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
 
 
-def _optimizer_tensors(
-    optimizer: torch.optim.Optimizer,
-) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    state = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for index, entry in state["state"].items():
-        for key, value in entry.items():
-            if isinstance(value, Tensor):
-                tensors[f"optim/{index}/{key}"] = value.detach().cpu()
-            else:
-                scalars[f"{index}/{key}"] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
 def _fusable(params: list[nn.Parameter], device: torch.device) -> bool:
     """Adam's fused kernel (one pass per tensor instead of ~10 elementwise ops): 1.5-2x the
     sinusoid meta-training step on the CPU. It takes floating tensors on the CPU or CUDA."""
     return bool(params) and device.type in ("cpu", "cuda") and all(
         p.is_floating_point() and p.device.type == device.type for p in params)
-
-
-def _restore_optimizer(optimizer: torch.optim.Optimizer, extra: dict[str, Tensor],
-                       saved: dict[str, Any]) -> None:
-    entries: dict[int, dict[str, Any]] = {}
-    for name, value in extra.items():
-        if name.startswith("optim/"):
-            _, index, key = name.split("/", 2)
-            entries.setdefault(int(index), {})[key] = value
-    for name, value in saved["scalars"].items():
-        index, key = name.split("/", 1)
-        entries.setdefault(int(index), {})[key] = value
-    optimizer.load_state_dict({"state": entries, "param_groups": saved["param_groups"]})
 
 
 def fit(config: RunConfig, run_dir: str | Path, *, target: nn.Module | None = None,
@@ -262,7 +240,7 @@ def _train(config: RunConfig, run_dir: Path, config_json: str, tasks: Any, learn
             raise ConfigError(f"{run_dir} was trained by {trained_by} process(es); resume it "
                               f"with the same number (this call has {world.size})")
         learner.load_state_dict(weights)
-        _restore_optimizer(optimizer, extra, meta["state"]["optimizer"])
+        restore_optimizer(optimizer, extra, meta["state"]["optimizer"])
         scheduler.load_state_dict(meta["state"]["scheduler"])
         generator.set_state(extra["rng/train"])
         torch.set_rng_state(extra["rng/torch"])
@@ -284,7 +262,7 @@ def _train(config: RunConfig, run_dir: Path, config_json: str, tasks: Any, learn
     val_share = _bounds(val_set.num_tasks, world)
 
     def save(path: Path) -> str:
-        tensors, optim_state = _optimizer_tensors(optimizer)
+        tensors, optim_state = optimizer_tensors(optimizer)
         tensors["rng/train"] = generator.get_state()
         tensors["rng/torch"] = torch.get_rng_state()
         model = {k: v.detach().cpu() for k, v in learner.state_dict().items()}
