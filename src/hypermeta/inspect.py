@@ -3,10 +3,10 @@ support-example influence. Every function returns data (tensors, floats, plain n
 ``hypermeta.report`` draws them.
 
 All of them read a ``HyperModel`` whose encoder turns an episode into an embedding ``z`` and
-whose hypernetwork turns ``z`` into the generated parameters. Interpolation and fusion also
-need the generated parameters to depend on ``z`` alone, so models with a class or ridge head
-(whose rows come from the support features) or with fine-tuning steps are refused there with
-a message.
+whose hypernetwork turns ``z`` into the generated parameters. Interpolation also needs the
+generated parameters to depend on ``z`` alone, so models with a class or ridge head (whose
+rows come from the support features) or with fine-tuning steps are refused there with a
+message; fusion takes a per-class head (rows from the parents' support sets, see ``fuse``).
 
 Example:
     >>> model, tasks = run.hypermodel, run.tasks
@@ -96,18 +96,27 @@ def task_map(model: Any, episodes: Episode, properties: dict[str, Tensor] | None
     nearest mapped tasks."""
     if episodes.num_tasks < 3:
         raise ValueError(f"a task map needs at least 3 tasks, got {episodes.num_tasks}")
+    return embedding_map(embed(model, episodes), properties,
+                         new=None if new is None else embed(model, new), k=k)
+
+
+def embedding_map(z: Tensor, properties: dict[str, Tensor] | None = None, *,
+                  new: Tensor | None = None, k: int = 5) -> TaskMap:
+    """``task_map`` from embeddings ``z`` ``[T, D]`` (T >= 3) and, optionally, new ones
+    ``[N, D]`` — for models whose tasks are not episodes (an RL policy's contexts)."""
+    if z.dim() != 2 or z.shape[0] < 3:
+        raise ValueError(f"a task map needs embeddings of at least 3 tasks, got shape "
+                         f"{list(z.shape)}")
     properties = dict(properties or {})
     for name, values in properties.items():
-        if not isinstance(values, Tensor) or values.shape != (episodes.num_tasks,):
-            raise ValueError(f"property {name!r} must be a tensor of {episodes.num_tasks} "
+        if not isinstance(values, Tensor) or values.shape != (z.shape[0],):
+            raise ValueError(f"property {name!r} must be a tensor of {z.shape[0]} "
                              "values (one per task)")
-    z = embed(model, episodes)
     scores, components, explained, mean = _pca(z, 2)
     out = TaskMap(scores.float(), explained.float(), z, properties)
     if new is not None:
-        zn = embed(model, new)
-        out.new_points = ((zn.double() - mean) @ components.T).float()
-        distance = torch.cdist(zn, z)
+        out.new_points = ((new.double() - mean) @ components.T).float()
+        distance = torch.cdist(new.to(z.dtype), z)
         out.nearest = distance.topk(min(k, z.shape[0]), largest=False).indices.tolist()
     return out
 
@@ -201,6 +210,21 @@ def sum_task(tasks: Any, a: Episode, b: Episode) -> Episode | None:
     return Episode(a.support_x, a.support_y, a.query_x, y)
 
 
+def union_task(a: Episode, b: Episode) -> Episode:
+    """The combined classification task of ``a`` and ``b`` (one task each): both support and
+    query sets, ``b``'s labels shifted past ``a``'s. Meant for tasks with disjoint classes
+    (a class in both would appear under two labels)."""
+    from hypermeta.episodes import episode_ways
+
+    if a.query_y is None or b.query_y is None:
+        raise ValueError("union_task needs query labels on both tasks")
+    shift = episode_ways(a)
+    return Episode(torch.cat([a.support_x, b.support_x], 1),
+                   torch.cat([a.support_y, b.support_y + shift], 1),
+                   torch.cat([a.query_x, b.query_x], 1),
+                   torch.cat([a.query_y, b.query_y + shift], 1))
+
+
 @dataclass
 class Fusion:
     """Ways of combining two tasks' networks, and how each does.
@@ -222,26 +246,49 @@ def fuse(model: Any, a: Episode, b: Episode, combined: Episode | None = None,
          *, weight: float = 0.5) -> Fusion:
     """Fuse tasks ``a`` and ``b`` (one task each): the fused networks see only the parents'
     embeddings, support sets or generated weights — never data of ``combined``, which (when
-    given, with queries) only scores them."""
+    given, with queries) only scores them.
+
+    Candidates differ in the part the hypernetwork generates: ``embedding_mix`` (from the
+    mixed embedding), ``support_mix`` (from the embedding of the union of the support sets),
+    ``weight_avg`` (the average of the parents' generated tensors), ``parent_a``/``parent_b``.
+    For a model with a per-class head (the union of two label sets), every candidate gets its
+    head rows the same way, from support examples under its own generated layers: for task
+    ``a`` from ``a``'s support set, for ``b`` from ``b``'s, and for the combined task (and the
+    saved network) from the union of both, ``b``'s labels shifted past ``a``'s — so the
+    candidates differ only in what the hypernetwork would have generated.
+    """
+    from hypermeta.episodes import episode_ways
+    from hypermeta.heads import ClassHead
+
     model = _model(model)
-    _z_only(model, "fusion")
+    labelled = isinstance(model.class_head, ClassHead) and not model.class_head.descriptions
+    if not labelled or model.finetune_steps:
+        _z_only(model, "fusion")
     if not 0 <= weight <= 1:
         raise ValueError(f"weight must lie in [0, 1], got {weight}")
-    za, zb = embed(model, a), embed(model, b)
+    shift = episode_ways(model.prepare(a)) if labelled else 0
     union = Episode(torch.cat([a.support_x, b.support_x], 1),
-                    torch.cat([a.support_y, b.support_y], 1), a.query_x)
-    zu = embed(model, union)
+                    torch.cat([a.support_y, b.support_y + shift], 1), a.query_x)
+    za, zb, zu = embed(model, a), embed(model, b), embed(model, union)
     params = params_from(model, torch.cat([za, zb, (1 - weight) * za + weight * zb, zu]))
     pa, pb, pm, pu = ({n: p[i:i + 1] for n, p in params.items()} for i in range(4))
     pw = {n: (1 - weight) * pa[n] + weight * pb[n] for n in pa}
     candidates = {"embedding_mix": pm, "support_mix": pu, "weight_avg": pw,
                   "parent_a": pa, "parent_b": pb}
-    tasks = {"a": a, "b": b, **({"combined": combined} if combined is not None else {})}
-    metrics = {name: {task: float(_metric(model, p, episode)[0])
-                      for task, episode in tasks.items()}
-               for name, p in candidates.items()}
+    tasks = {"a": (a, a), "b": (b, b)}  # name: (head source, scored episode)
+    if combined is not None:
+        tasks["combined"] = (union, combined)
+
+    def head(p: Params, source: Episode) -> Params:
+        return model.with_head(p, model.prepare(source)) if labelled else p
+
+    with torch.no_grad():
+        metrics = {name: {task: float(_metric(model, head(p, source), episode)[0])
+                          for task, (source, episode) in tasks.items()}
+                   for name, p in candidates.items()}
+        whole = {name: head(p, union) for name, p in candidates.items()}
     networks = {name: model.target.materialize({n: t[0] for n, t in p.items()})
-                for name, p in candidates.items()}
+                for name, p in whole.items()}
     return Fusion(networks, metrics)
 
 
@@ -252,7 +299,12 @@ def weight_stats(model: Any, episodes: Episode, *, components: int = 3) -> dict[
     embeddings explains (R^2)."""
     model = _model(model)
     z = embed(model, episodes)
-    params = params_from(model, z)
+    return params_stats(z, params_from(model, z), components=components)
+
+
+def params_stats(z: Tensor, params: Params, *, components: int = 3) -> dict[str, Any]:
+    """``weight_stats`` from embeddings ``z`` ``[T, D]`` and the parameters generated from
+    them ``{name: [T, ...]}``."""
     scores, _, explained, _ = _pca(z, components)
     design = torch.cat([scores, torch.ones(len(scores), 1, dtype=scores.dtype)], 1)
     layers = {}
@@ -268,7 +320,7 @@ def weight_stats(model: Any, episodes: Episode, *, components: int = 3) -> dict[
                         "spread": float(flat.std(0).mean()) if len(flat) > 1 else 0.0,
                         "r2_top_pcs": float(1 - residual / total) if total > 0 else 0.0}
     return {"layers": layers, "embedding_explained": explained.tolist(),
-            "tasks": episodes.num_tasks}
+            "tasks": z.shape[0]}
 
 
 @torch.no_grad()

@@ -190,6 +190,12 @@ class HyperModel(Learner):
         params: Params = {}
         if self.hypernet is not None and self.encoder is not None:
             params = self.hypernet(self.encoder(episode))  # {name: (T, *shape)}
+        return self.with_head(params, episode)
+
+    def with_head(self, params: Params, episode: Episode) -> Params:
+        """``params`` (the hypernetwork's, ``[T, ...]``) plus the class or ridge head's rows
+        computed from ``episode``'s support sets under them; ``params`` as they are when the
+        model has no such head. ``episode`` must be ``prepare``-d."""
         if isinstance(self.class_head, RidgeHead):
             support_x, names = episode.support_x, self.target.head_names
             width = episode.support_y.shape[-1] if episode.support_y.dim() == 3 else 1

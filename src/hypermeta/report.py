@@ -75,8 +75,13 @@ def _map(model: Any, tasks: Any, episodes: Episode, new: Episode,
     if colour_by is not None:  # names checked by write_report
         properties = {n: properties[n] for n in colour_by}
     result = hi.task_map(model, episodes, properties, new=new, k=5)
+    return _draw_map(result, properties, "dots: training tasks; red stars: two test tasks, "
+                     "lines to their 5 nearest training tasks (in embedding space).")
+
+
+def _draw_map(result: Any, properties: dict[str, Tensor], legend: str) -> str:
     plt = _pyplot()
-    names = list(properties) or [None]
+    names: list[str | None] = [*properties] or [None]
     fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.2), squeeze=False)
     for ax, name in zip(axes[0], names):
         x, y = result.points[:, 0].numpy(), result.points[:, 1].numpy()
@@ -96,20 +101,23 @@ def _map(model: Any, tasks: Any, episodes: Episode, new: Episode,
         ax.set_ylabel(f"PC 2 ({100 * float(result.explained[1]):.0f}% of variance)")
         ax.set_title(f"task embeddings, coloured by {name}" if name else "task embeddings")
         ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()  # colour-bar labels clear of the next panel
     caption = ("no property declared by this task family: uncoloured" if names == [None]
-               else "colour: " + ", ".join(names))
-    return f"{_png(fig)}<p>{html.escape(caption)}; dots: training tasks; red stars: two " \
-           "test tasks, lines to their 5 nearest training tasks (in embedding space).</p>"
+               else "colour: " + ", ".join(str(n) for n in names))
+    return f"{_png(fig)}<p>{html.escape(caption)}; {html.escape(legend)}</p>"
 
 
 def _stats(model: Any, episodes: Episode) -> str:
-    stats = hi.weight_stats(model, episodes)
+    return _stats_table(hi.weight_stats(model, episodes), "test tasks")
+
+
+def _stats_table(stats: dict[str, Any], what: str) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{v['numel']}</td><td>{v['norm_mean']:.4g}</td>"
         f"<td>{v['norm_std']:.3g}</td><td>{v['spread']:.3g}</td><td>{v['r2_top_pcs']:.3f}</td>"
         "</tr>" for name, v in stats["layers"].items())
     explained = ", ".join(f"{100 * e:.1f}%" for e in stats["embedding_explained"])
-    return (f"<p>{stats['tasks']} test tasks; the first principal components of the task "
+    return (f"<p>{stats['tasks']} {html.escape(what)}; the first principal components of the task "
             f"embeddings explain {explained} of their variance.</p><table><tr><th>generated "
             "tensor</th><th>entries</th><th>norm, mean</th><th>norm, std</th><th>per-entry "
             "std across tasks</th><th>R&sup2; from top 3 PCs</th></tr>" + rows + "</table>")
@@ -172,15 +180,18 @@ def _interpolation(model: Any, a: Episode, b: Episode) -> str:
 
 
 def _fusion(model: Any, tasks: Any, a: Episode, b: Episode) -> str:
-    combined = hi.sum_task(tasks, a, b)
+    combined, what = hi.sum_task(tasks, a, b), "y = f_A(x) + f_B(x) at A's query points"
+    if combined is None and model.kind.name == "classification" and model.class_head is not None:
+        combined = hi.union_task(a, b)
+        what = ("A's and B's classes together (B's labels after A's; head rows from both "
+                "support sets; a class in both tasks would count twice)")
     result = hi.fuse(model, a, b, combined)
     columns = list(next(iter(result.metrics.values())))
     header = "".join(f"<th>task {html.escape(c)}</th>" for c in columns)
     rows = "".join(f"<tr><td>{html.escape(name)}</td>" + "".join(
         f"<td>{values[c]:.4g}</td>" for c in columns) + "</tr>"
         for name, values in result.metrics.items())
-    what = "y = f_A(x) + f_B(x) at A's query points" if combined is not None else \
-        "(this family cannot build a combined task)"
+    what = what if combined is not None else "(this family cannot build a combined task)"
     metric = _metric_name(model.kind)
     return (f"<p>Query {metric} of each way to combine tasks A and B; combined task: "
             f"{html.escape(what)}. The fused networks see only the parents' embeddings, "
@@ -228,6 +239,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, tasks: i
     if tasks < 3:
         raise ValueError(f"tasks must be >= 3, got {tasks}")
     _pyplot()  # a missing extra is an error before anything is computed
+    from hypermeta.rl.run import is_rl_run
+
+    if is_rl_run(run_dir):
+        subtitle, sections = _rl_sections(run_dir, tasks, colour_by)
+        return _write_page(run_dir, out, subtitle, sections)
     run = load_run(run_dir, which=which)
     source = run.tasks
     metric = _metric_name(source.kind)
@@ -267,20 +283,110 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, tasks: i
             _section("Which support examples matter (task A, leave one out)",
                      lambda: _influence(model, a)),
         ]
+    subtitle = (f"{run.config.method} on {source.name} ({source.kind.name}), checkpoint "
+                f"{which}, content id {run.content_id[:12]}.")
+    return _write_page(run_dir, out, subtitle, sections)
+
+
+def _write_page(run_dir: Path, out: str | Path | None, subtitle: str,
+                sections: list[str]) -> Path:
     config = html.escape(json.dumps(json.loads((run_dir / "config.json").read_text()),
                                     indent=2))
-    sections.append(f"<h2>Config</h2>\n<pre>{config}</pre>\n")
+    sections = [*sections, f"<h2>Config</h2>\n<pre>{config}</pre>\n"]
     title = f"hypermeta report: {run_dir.name}"
     page = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>"
             f"{html.escape(title)}</title><style>body{{font-family:sans-serif;max-width:1100px;"
             "margin:2em auto;color:#222}img{max-width:100%}table{border-collapse:collapse}"
             "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}.skip{color:#777}"
-            f"</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(run.config.method)}"
-            f" on {html.escape(source.name)} ({html.escape(source.kind.name)}), checkpoint "
-            f"{html.escape(which)}, content id {run.content_id[:12]}.</p>\n"
+            f"</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p>\n"
             + "".join(sections) + "</body></html>\n")
     target = Path(out) if out is not None else run_dir / "report"
     target.mkdir(parents=True, exist_ok=True)
     path = target / "report.html"
     atomic_write_bytes(path, page.encode())
     return path
+
+
+# ------------------------------------------------------------------------------------ RL runs
+def _rl_curve(run_dir: Path) -> str:
+    path = run_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
+        if path.exists() else []
+    points = [(r["steps"], r["episode_return"]) for r in rows
+              if r.get("episode_return") is not None]
+    if not points:
+        return "<p>No episode returns recorded yet (metrics.jsonl).</p>"
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.plot(*zip(*points), marker="o", color="tab:blue")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("mean training episode return")
+    ax.set_title("training return (last 100 episodes at each checkpoint)")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _rl_sections(run_dir: Path, tasks: int, colour_by: list[str] | None
+                 ) -> tuple[str, list[str]]:
+    """An RL run's report: return curve; for the hypernet variant the context-embedding map
+    (training-range contexts coloured by each parameter; the fixed test contexts placed on
+    it) and the generated policy weights' statistics. Interpolation, fusion and support
+    influence are defined on episodes with query sets, and are not drawn for policies."""
+    import numpy as np
+
+    from hypermeta.rl.run import fixed_contexts, load_rl_run
+
+    run = load_rl_run(run_dir)
+    config, net = run.config, run.net
+    space = config.task_space()
+    games = config.env.family in ("minatar", "atari")
+    names = [] if games else list(space.names)
+    if colour_by is not None:
+        unknown = [n for n in colour_by if n not in names]
+        if unknown:
+            raise ValueError(f"task property {unknown[0]!r} is not a context parameter of "
+                             f"{config.env.family}; it has {names or 'none'}")
+        names = list(colour_by)
+    subtitle = (f"RL: {config.policy.variant} policy on {config.env.family}, "
+                f"{run.steps} environment steps, content id {run.content_id[:12]}.")
+    sections = [_section("Training curve", lambda: _rl_curve(run_dir))]
+    if net.encoder is None:
+        sections.append(f"<p class='skip'>Embedding sections not shown: the "
+                        f"{html.escape(config.policy.variant)} variant has no context "
+                        "encoder or generator.</p>")
+        return subtitle, sections
+    if games:
+        raw = list(space.games)
+        context = torch.stack([torch.from_numpy(space.one_hot(g)) for g in raw])
+        new = None
+    else:
+        raw = space.sample(np.random.default_rng(0), tasks, "train")
+        context = torch.from_numpy(space.normalise(raw))
+        tests = [*fixed_contexts(config, "interp", 1), *fixed_contexts(config, "extrap", 1)]
+        new = torch.from_numpy(space.normalise(np.array(tests)))
+    with torch.no_grad():
+        z = net.embed(context)
+        params = net.pi.hyper(z)
+        z_new = None if new is None else net.embed(new)
+
+    def drawn() -> str:
+        properties = {n: torch.from_numpy(np.asarray(raw)[:, list(space.names).index(n)])
+                      for n in names}
+        if len(z) < 3:
+            raise ValueError(f"a map needs at least 3 tasks; this run has {len(z)} games")
+        result = hi.embedding_map(z, properties, new=z_new)
+        if result.new_points is None:
+            result.new_points, result.nearest = result.points[:0], []
+        return _draw_map(result, properties, "dots: contexts drawn from the training ranges; "
+                         "red stars: one interpolation and one extrapolation test context, "
+                         "lines to their 5 nearest dots (in embedding space).")
+
+    sections += [
+        _section("Context-embedding map", drawn),
+        _section("Generated policy weights across contexts",
+                 lambda: _stats_table(hi.params_stats(z, params), "contexts" if not games
+                                      else "games")),
+        "<p class='skip'>Interpolation, fusion and support influence are not shown: they "
+        "score networks on episodes' query sets, which a policy does not have.</p>",
+    ]
+    return subtitle, sections

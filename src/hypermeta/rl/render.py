@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from hypermeta.rl.run import RLRun, act, make_env, test_contexts
+from hypermeta.rl.run import RLRun, act, fixed_contexts, make_env
 
 
 def _trajectory(run: RLRun, context: Any, steps: int, seed: int) -> tuple[list[Any], float]:
@@ -47,8 +47,8 @@ def rollout_strip(run: RLRun, out: str | Path, contexts: Sequence[str] | None = 
         raise ValueError(f"strips are drawn for cartpole and pendulum runs, not {family}")
     space = run.config.task_space()
     parsed = [space.check(c.split(",")).tolist() for c in contexts] if contexts else [
-        list(space.default), *(list(c) for c in test_contexts(run.config, "interp", 1)),
-        *(list(c) for c in test_contexts(run.config, "extrap", 1))]
+        list(space.default), *(list(c) for c in fixed_contexts(run.config, "interp", 1)),
+        *(list(c) for c in fixed_contexts(run.config, "extrap", 1))]
     steps = steps or (500 if family == "cartpole" else 200)  # the families' episode lengths
     tall = 1.0 if family == "cartpole" else 1.7
     fig, axes = plt.subplots(len(parsed), frames,

@@ -118,7 +118,12 @@ class RLConfig(_Strict):
             from hypermeta.config import _format
 
             raise ConfigError(_format(err)) from None
-        config.task_space()  # games and contexts checked before any work
+        try:
+            config.task_space()  # games and contexts checked before any work
+        except ConfigError:
+            raise
+        except ValueError as err:
+            raise ConfigError(f"invalid config: {err}") from None
         return config
 
     def task_space(self) -> Any:
@@ -383,7 +388,7 @@ def rollout_returns(net: PolicyNet, envs: Sequence[Any], seed: int) -> np.ndarra
     return returns
 
 
-def test_contexts(config: RLConfig, which: str, count: int | None = None,
+def fixed_contexts(config: RLConfig, which: str, count: int | None = None,
                   seed: int | None = None) -> list[Any]:
     """The fixed test contexts: ``interp``/``extrap`` raw context vectors (physics), or the
     run's games (``which`` = ``games``)."""
