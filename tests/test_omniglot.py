@@ -184,3 +184,87 @@ def test_eval_refuses_a_run_whose_class_lists_changed(tmp_path):
     with pytest.raises(ValueError, match=r"trained on other data.*classes_sha256"):
         load_run(tmp_path / "run")
     assert load_run(tmp_path / "run", allow_data_change=True).provenance != {}
+
+
+def _episode_tree(root: Path, images: dict[str, list[Path]], shots: int) -> None:
+    """One episode folder: the first ``shots`` images of each class in support, the rest in
+    query."""
+    for cls, files in images.items():
+        for part, chosen in (("support", files[:shots]), ("query", files[shots:])):
+            (root / part / cls).mkdir(parents=True, exist_ok=True)
+            for f in chosen:
+                shutil.copy(f, root / part / cls / f.name)
+
+
+@needs_data
+def test_your_own_episode_files_get_the_shipped_preprocessing_and_evaluate(tmp_path):
+    from hypermeta import RunConfig, fit
+    from hypermeta.tasks.omniglot import omniglot_episodes, omniglot_input
+
+    folder = Path(DATA) / "omniglot"
+    with np.load(folder / "omniglot105.npz") as data:
+        arrays105 = {k: data[k] for k in ("images", "path")}
+    with np.load(folder / "omniglot.npz") as data:
+        shipped28 = data["images"]
+    rows = list(range(19280, 19280 + 100))  # five evaluation characters, 20 drawings each
+    _png_tree(tmp_path / "release", arrays105, rows)
+    files = [tmp_path / "release" / str(arrays105["path"][r]) for r in rows]
+    for row, path in zip(rows[:5], files[:5]):  # the one public helper == the shipped data
+        expected = torch.from_numpy(shipped28[row].astype(np.float32) / 255)[None]
+        assert torch.equal(omniglot_input(path), expected)
+    by_class = {f"c{c}": files[20 * c: 20 * c + 3] for c in range(5)}
+    _episode_tree(tmp_path / "episodes" / "e0", by_class, shots=1)
+    _episode_tree(tmp_path / "episodes" / "e1", {k: v[::-1] for k, v in by_class.items()}, 1)
+    episodes = omniglot_episodes(tmp_path / "episodes")
+    assert episodes.support_x.shape == (2, 5, 1, 28, 28)
+    assert episodes.query_x.shape == (2, 10, 1, 28, 28)
+    assert episodes.support_y[0].tolist() == [0, 1, 2, 3, 4]
+    listing = {"episodes": [{part: {c: [str(p.relative_to(tmp_path)) for p in sorted(
+        (tmp_path / "episodes" / e / part / c).iterdir())] for c in by_class}
+        for part in ("support", "query")} for e in ("e0", "e1")]}
+    (tmp_path / "list.json").write_text(__import__("json").dumps(listing))
+    listed = omniglot_episodes(tmp_path / "list.json")
+    assert torch.equal(listed.support_x, episodes.support_x)
+    assert torch.equal(listed.query_y, episodes.query_y)
+    config = RunConfig.from_dict({
+        "method": "protonet", "tasks": {"name": "omniglot", "data_dir": DATA, "ways": 5,
+                                        "shots": 1, "queries": 1},
+        "target": {"name": "conv4", "hidden": 8},
+        "train": {"steps": 1, "meta_batch": 1, "val_every": 1, "val_tasks": 2}})
+    fit(config, tmp_path / "run")
+    done = subprocess.run([sys.executable, "-m", "hypermeta", "eval", str(tmp_path / "run"),
+                           "--episodes", str(tmp_path / "episodes")], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert "2 files tasks" in done.stdout
+    assert (tmp_path / "run" / "eval-files-best.json").is_file()
+
+
+def test_bad_episode_files_are_clear_errors(tmp_path):
+    from hypermeta.tasks.omniglot import omniglot_episodes, omniglot_input
+
+    rng = np.random.default_rng(0)
+    pictures = []
+    for i in range(8):
+        path = tmp_path / "pics" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((rng.random((105, 105)) > 0.1).astype(np.uint8) * 255).save(path)
+        pictures.append(path)
+    x = omniglot_input(pictures[0])
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and 0 <= x.min() <= x.max() <= 1
+    _episode_tree(tmp_path / "uneven" / "e0", {"a": pictures[:3], "b": pictures[3:5]}, 1)
+    with pytest.raises(ValueError, match="e0: every class needs the same number"):
+        omniglot_episodes(tmp_path / "uneven")
+    _episode_tree(tmp_path / "mixed" / "e0", {"a": pictures[:2], "b": pictures[2:4]}, 1)
+    _episode_tree(tmp_path / "mixed" / "e1", {"a": pictures[:3], "b": pictures[3:6]}, 2)
+    with pytest.raises(ValueError, match="e1: 2-way 2-shot .* unlike the episodes before"):
+        omniglot_episodes(tmp_path / "mixed")
+    (tmp_path / "classes" / "e0" / "support" / "a").mkdir(parents=True)
+    (tmp_path / "classes" / "e0" / "query" / "b").mkdir(parents=True)
+    with pytest.raises(ValueError, match="same classes"):
+        omniglot_episodes(tmp_path / "classes")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="not a readable image"):
+        omniglot_input(tmp_path / "broken.png")
+    with pytest.raises(FileNotFoundError, match="neither a folder"):
+        omniglot_episodes(tmp_path / "nothing")

@@ -43,6 +43,22 @@ def test_resume_continues_exactly(tmp_path):
     assert second.content_id == whole.content_id
 
 
+def test_a_wall_clock_limit_stops_at_a_checkpoint_and_resumes_exactly(tmp_path):
+    config = sinusoid_config(steps=30)
+    whole = fit(config, tmp_path / "whole")
+    chunks = []
+    while not chunks or not chunks[-1].complete:  # a limit every step outlives: one step each
+        chunks.append(fit(config, tmp_path / "parts", max_seconds=1e-6))
+        assert len(chunks) <= 30
+    assert [c.steps_done for c in chunks] == list(range(1, 31))
+    assert losses(tmp_path / "parts") == losses(tmp_path / "whole")
+    assert chunks[-1].content_id == whole.content_id
+    for bad in (0, -1.0, True):
+        with pytest.raises(ValueError, match="max_seconds must be > 0"):
+            fit(config, tmp_path / "bad", max_seconds=bad)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_a_different_config_in_the_same_folder_is_refused(tmp_path):
     fit(sinusoid_config(steps=2), tmp_path / "run")
     with pytest.raises(ConfigError, match="different config"):

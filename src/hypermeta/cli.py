@@ -82,6 +82,9 @@ def train(
     = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps in this "
                                                   "call; rerun to resume.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop at the first step past this "
+                                                      "many minutes (checkpointed); rerun to "
+                                                      "resume.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     threads: Annotated[int | None, typer.Option(help="torch threads for this run (same as "
                                                 "--set threads=N; see README).")] = None,
@@ -99,7 +102,10 @@ def train(
                          f"`hypermeta rl train {config}`")
     run_config = RunConfig.from_file(config, overrides)
     run_dir = out or Path("runs") / config.stem
+    if max_minutes is not None and not max_minutes > 0:
+        raise ValueError(f"--max-minutes must be > 0, got {max_minutes}")
     result = fit(run_config, run_dir, max_steps=max_steps,
+                 max_seconds=None if max_minutes is None else 60 * max_minutes,
                  callbacks=[ProgressBar()] if progress else [])
     # under torchrun: one report, from rank 0 (read from the environment: fit has left its
     # process group, and joining another here would be a second rendezvous)
@@ -121,8 +127,13 @@ def eval_(
     which: Which = "best",
     split: Annotated[str, typer.Option(help="test or val.")] = "test",
     allow_data_change: AllowDataChange = False,
+    episodes_from: Annotated[Path | None, typer.Option(
+        "--episodes", help="Your own fixed episodes instead (Omniglot runs): a folder of "
+                           "episode folders (support/<class>/*.png, query/<class>/*.png) or a "
+                           "JSON list; images preprocessed as the shipped data.")] = None,
 ) -> None:
-    """Evaluate on the fixed test tasks: mean ± 95% CI, written to RUN_DIR/eval-*.json."""
+    """Evaluate on the fixed test tasks (or on --episodes files): mean ± 95% CI, written to
+    RUN_DIR/eval-*.json."""
     from hypermeta.evaluate import evaluate, predictor
     from hypermeta.files import atomic_write_json
     from hypermeta.model import HyperModel
@@ -136,7 +147,17 @@ def eval_(
         raise ValueError(f"--finetune-steps must be >= 0, got {finetune_steps}")
     run = load_run(run_dir, which=which, allow_data_change=allow_data_change)
     learner, config, source, cid = run.learner, run.config, run.tasks, run.content_id
-    episodes = source.fixed_tasks(split, tasks or config.eval.tasks)  # type: ignore[arg-type]
+    if episodes_from is not None:
+        from hypermeta.tasks.omniglot import omniglot_episodes
+
+        if config.tasks.name != "omniglot":
+            raise ValueError(f"--episodes reads image episodes for omniglot runs; this run's "
+                             f"tasks are {config.tasks.name!r}")
+        episodes = omniglot_episodes(episodes_from,
+                                     binarize=bool(config.tasks.kwargs().get("binarize")))
+        split = "files"
+    else:
+        episodes = source.fixed_tasks(split, tasks or config.eval.tasks)  # type: ignore[arg-type]
     if finetune_steps is not None and not isinstance(learner, HyperModel):
         raise ValueError("--finetune-steps applies to hypernet runs only")
     metric = source.kind.metric
@@ -146,7 +167,8 @@ def eval_(
     variants = {"generated": 0, "finetuned": steps} if steps else {"": None}
     payload: dict[str, Any] = {"run_dir": str(run_dir), "checkpoint": which, "content_id": cid,
                                "split": split, "metric": metric, "finetune_steps": steps,
-                               "provenance": run.provenance}
+                               "provenance": run.provenance,
+                               **({"episodes": str(episodes_from)} if episodes_from else {})}
     for name, variant_steps in variants.items():
         predict = predictor(learner)
         if variant_steps is not None:

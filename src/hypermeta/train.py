@@ -105,7 +105,7 @@ def _fusable(params: list[nn.Parameter], device: torch.device) -> bool:
 
 def fit(config: RunConfig, run_dir: str | Path, *, target: nn.Module | None = None,
         resume: bool = True, max_steps: int | None = None,
-        callbacks: Sequence[Callback] = ()) -> FitResult:
+        max_seconds: float | None = None, callbacks: Sequence[Callback] = ()) -> FitResult:
     """Meta-train ``config.method`` on ``config.tasks``; checkpoints and metrics in ``run_dir``.
 
     Arguments:
@@ -118,6 +118,9 @@ def fit(config: RunConfig, run_dir: str | Path, *, target: nn.Module | None = No
         resume: set False to refuse an existing run instead of resuming it.
         max_steps: stop this call after that many steps (a chunk of a longer run); the run
             resumes from there next time.
+        max_seconds: stop this call at the end of the first step that finishes past this
+            many seconds of wall-clock time (checkpointed like ``max_steps``, so a rerun
+            resumes exactly): chunked training with no helper outside the library.
         callbacks: progress reporting (``Callback``), e.g. ``[hypermeta.ProgressBar()]``.
 
     Returns:
@@ -129,9 +132,12 @@ def fit(config: RunConfig, run_dir: str | Path, *, target: nn.Module | None = No
     """
     if max_steps is not None and (isinstance(max_steps, bool) or max_steps < 0):
         raise ValueError(f"max_steps must be >= 0 (or None for the whole run), got {max_steps}")
+    if max_seconds is not None and (isinstance(max_seconds, bool) or not max_seconds > 0):
+        raise ValueError(f"max_seconds must be > 0 (or None for no limit), got {max_seconds}")
+    deadline = None if max_seconds is None else time.perf_counter() + max_seconds
     with _threads(config.threads):
         return _fit(config, Path(run_dir), target=target, resume=resume, max_steps=max_steps,
-                    callbacks=callbacks)
+                    deadline=deadline, callbacks=callbacks)
 
 
 def _identity(config: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +146,8 @@ def _identity(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fit(config: RunConfig, run_dir: Path, *, target: nn.Module | None, resume: bool,
-         max_steps: int | None, callbacks: Sequence[Callback]) -> FitResult:
+         max_steps: int | None, deadline: float | None,
+         callbacks: Sequence[Callback]) -> FitResult:
     config_json = config.to_json()
     last = run_dir / "last.safetensors"
     fresh = not (run_dir / "config.json").exists()
@@ -171,7 +178,7 @@ def _fit(config: RunConfig, run_dir: Path, *, target: nn.Module | None, resume: 
     world.barrier()
     try:
         result = _train(config, run_dir, config_json, tasks, learner, val_set, max_steps,
-                        callbacks, world, device)
+                        deadline, callbacks, world, device)
         world.close()
         return result
     except BaseException:
@@ -216,8 +223,8 @@ def _check_pretrain(learner: Learner, config: RunConfig) -> None:
 
 
 def _train(config: RunConfig, run_dir: Path, config_json: str, tasks: Any, learner: Learner,
-           val_set: Any, max_steps: int | None, callbacks: Sequence[Callback],
-           world: World, device: torch.device) -> FitResult:
+           val_set: Any, max_steps: int | None, deadline: float | None,
+           callbacks: Sequence[Callback], world: World, device: torch.device) -> FitResult:
     kind = tasks.kind
     last, best = run_dir / "last.safetensors", run_dir / "best.safetensors"
     params = [p for p in learner.parameters() if p.requires_grad]
@@ -335,6 +342,9 @@ def _train(config: RunConfig, run_dir: Path, config_json: str, tasks: Any, learn
                     save(last)
                 for callback in callbacks:
                     callback.on_validate(step, result)
+            # the wall-clock limit: rank 0's clock decides for every rank (one tiny broadcast)
+            if deadline is not None and world.broadcast(time.perf_counter() >= deadline):
+                break
     finally:
         for callback in callbacks:
             callback.on_end()

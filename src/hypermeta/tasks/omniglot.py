@@ -226,8 +226,6 @@ def prepare_omniglot(source: str | Path, out: str | Path, *,
     """Build ``omniglot.npz`` (``size=28``) or ``omniglot105.npz`` from the original release,
     following the recipe of the shipped files (invert to ink = 255; 28x28 by Pillow LANCZOS on
     the 8-bit image). Written atomically."""
-    from PIL import Image
-
     from hypermeta.files import atomic_write_bytes
 
     if size not in FILES:
@@ -243,11 +241,7 @@ def prepare_omniglot(source: str | Path, out: str | Path, *,
         if len(parts) != 4:
             raise ValueError(f"unexpected path {rel!r}: want SPLIT/ALPHABET/characterNN/FILE.png")
         split, alphabet, character, name = parts
-        grey = Image.open(io.BytesIO(data)).convert("L")
-        inverted = Image.fromarray(255 - np.asarray(grey, dtype=np.uint8))
-        if size == 28:
-            inverted = inverted.resize((28, 28), Image.Resampling.LANCZOS)
-        images.append(np.asarray(inverted, dtype=np.uint8))
+        images.append(omniglot_pixels(data, size=size))
         stem = name.removesuffix(".png")
         key = (split, alphabet, character)
         seen.setdefault(key, len(seen))
@@ -267,3 +261,130 @@ def prepare_omniglot(source: str | Path, out: str | Path, *,
         char_id=np.array(meta["char_id"], dtype=np.int16),
         label=np.array(meta["label"], dtype=np.int16), path=np.array(meta["path"]))
     return atomic_write_bytes(out, buffer.getvalue())
+
+
+# ------------------------------------------------------------------ a user's own images
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+def omniglot_pixels(image: str | Path | bytes, *, size: Literal[28, 105] = 28) -> np.ndarray:
+    """One image as the shipped npz stores it: ``uint8 [size, size]``, ink = 255.
+
+    The recipe of ``prepare_omniglot``: grey levels, inverted (Omniglot draws dark strokes on
+    a light background), then resized with Pillow's LANCZOS on the 8-bit image when the image
+    is not already ``size`` x ``size`` (the release is 105 x 105). ``image``: a file path or
+    the file's bytes (PNG, or any format Pillow reads).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if size not in FILES:
+        raise ValueError(f"size must be 28 or 105, got {size!r}")
+    try:
+        opened = Image.open(io.BytesIO(image) if isinstance(image, bytes) else image)
+        grey = opened.convert("L")
+    except (OSError, UnidentifiedImageError) as err:
+        where = "image bytes" if isinstance(image, bytes) else f"image {image}"
+        raise ValueError(f"{where} is not a readable image ({err})") from None
+    inverted = Image.fromarray(255 - np.asarray(grey, dtype=np.uint8))
+    if inverted.size != (size, size):
+        inverted = inverted.resize((size, size), Image.Resampling.LANCZOS)
+    return np.asarray(inverted, dtype=np.uint8)
+
+
+def omniglot_input(image: str | Path | bytes, *, binarize: bool = False) -> Any:
+    """The model's input for one image: a float tensor ``[1, 28, 28]`` in [0, 1], ink = 1 —
+    exactly what ``omniglot_tasks`` feeds a model for a shipped image (``binarize`` as the
+    run's ``tasks.binarize``)."""
+    import torch
+
+    pixels = omniglot_pixels(image)
+    if binarize:
+        pixels = np.where(pixels >= 128, 255, 0).astype(np.uint8)
+    return torch.from_numpy(pixels.astype(np.float32) / 255)[None]
+
+
+def _listed(root: Path, label: str) -> dict[str, list[Path]]:
+    """{class: image files} of ``root/<class>/*`` (hidden names ignored)."""
+    if not root.is_dir():
+        raise ValueError(f"{label}: {root} is not a folder of class folders")
+    classes = {d.name: sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES
+                              and not f.name.startswith("."))
+               for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    return classes
+
+
+def omniglot_episodes(path: str | Path, *, binarize: bool = False) -> Any:
+    """Fixed episodes a user supplies, as one ``Episode`` ``[T, N*K, 1, 28, 28]``.
+
+    ``path`` is either a folder with one sub-folder per episode, each holding
+    ``support/<class>/<images>`` and ``query/<class>/<images>``, or a JSON file
+    ``{"episodes": [{"support": {"<class>": ["img.png", ...]}, "query": {...}}, ...]}`` whose
+    image paths are relative to the JSON file. Within an episode the sorted class names are
+    labels 0..N-1; support and query must name the same classes; every episode must have the
+    same ways, shots (images per class in support) and queries per class, so they run as one
+    batch. Images go through ``omniglot_input``.
+    """
+    import json
+
+    import torch
+
+    from hypermeta.episodes import Episode
+
+    path = Path(path)
+    listed: list[tuple[str, dict[str, list[Path]], dict[str, list[Path]]]] = []
+    if path.is_file() and path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+            entries = data["episodes"]
+            assert isinstance(entries, list)
+        except (json.JSONDecodeError, KeyError, TypeError, AssertionError):
+            raise ValueError(f"{path} must hold {{\"episodes\": [{{\"support\": {{class: "
+                             "[images]}, \"query\": {class: [images]}}, ...]}") from None
+        for i, entry in enumerate(entries):
+            try:
+                sets = [{str(c): [path.parent / str(f) for f in files]
+                         for c, files in sorted(entry[part].items())}
+                        for part in ("support", "query")]
+            except (KeyError, AttributeError, TypeError):
+                raise ValueError(f"{path}: episode {i} needs 'support' and 'query' mappings "
+                                 "of class name -> list of image paths") from None
+            listed.append((f"episode {i}", sets[0], sets[1]))
+    elif path.is_dir():
+        for folder in sorted(d for d in path.iterdir() if d.is_dir()
+                             and not d.name.startswith(".")):
+            listed.append((folder.name, _listed(folder / "support", folder.name),
+                           _listed(folder / "query", folder.name)))
+    else:
+        raise FileNotFoundError(f"{path} is neither a folder of episode folders nor a .json "
+                                "episode list")
+    if not listed:
+        raise ValueError(f"{path} holds no episodes")
+    shape: tuple[int, int, int] | None = None
+    xs: list[Any] = []
+    ys: list[Any] = []
+    qxs: list[Any] = []
+    qys: list[Any] = []
+    for name, support, query in listed:
+        if not support or sorted(support) != sorted(query):
+            raise ValueError(f"{name}: support and query must name the same classes (support "
+                             f"{sorted(support)}, query {sorted(query)})")
+        shots = {len(f) for f in support.values()}
+        queries = {len(f) for f in query.values()}
+        if len(shots) != 1 or len(queries) != 1 or 0 in shots | queries:
+            raise ValueError(f"{name}: every class needs the same number (>= 1) of support "
+                             f"and of query images; got support "
+                             f"{ {c: len(f) for c, f in support.items()} }, query "
+                             f"{ {c: len(f) for c, f in query.items()} }")
+        this = (len(support), shots.pop(), queries.pop())
+        if shape is not None and this != shape:
+            raise ValueError(f"{name}: {this[0]}-way {this[1]}-shot with {this[2]} queries per "
+                             f"class, unlike the episodes before ({shape[0]}-way {shape[1]}-shot"
+                             f", {shape[2]} queries): supply one kind of episode per call")
+        shape = this
+        for files, x_out, y_out in ((support, xs, ys), (query, qxs, qys)):
+            images = [omniglot_input(f, binarize=binarize) for c in sorted(files)
+                      for f in files[c]]
+            labels = [label for label, c in enumerate(sorted(files)) for _ in files[c]]
+            x_out.append(torch.stack(images))
+            y_out.append(torch.tensor(labels))
+    return Episode(torch.stack(xs), torch.stack(ys), torch.stack(qxs), torch.stack(qys))
