@@ -105,7 +105,7 @@ def test_bad_configs_are_refused() -> None:
         RLConfig.parse({"env": {"family": "cartpole", "train": {"gravity": [1, 2]}}})
     with pytest.raises(ConfigError, match="outside its declared bounds"):
         RLConfig.parse({"env": {"family": "pendulum", "context": [1.0, 1.0, 99.0]}})
-    with pytest.raises(ConfigError, match="env.games applies"):
+    with pytest.raises(ConfigError, match="env.games and env.speed apply"):
         RLConfig.parse({"env": {"family": "cartpole", "games": ["breakout"]}})
     with pytest.raises(ConfigError, match="variant"):
         RLConfig.parse({"env": {"family": "cartpole"}, "policy": {"variant": "both"}})
@@ -293,3 +293,30 @@ def test_inspect_report_of_an_rl_run(trained: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'mass' is not a context parameter"):
         write_report(trained, tmp_path / "bad", colour_by=["mass"])
     assert not (tmp_path / "bad").exists()
+
+
+def test_minatar_speed_changes_the_game_and_is_part_of_the_context() -> None:
+    pytest.importorskip("minatar", reason="pip install --no-deps minatar")
+    games = game_set("minatar", ["asterix", "space_invaders"], speed=[0.5, 2.0])
+    assert games.context_dim == 3
+
+    def frames(speed: float) -> np.ndarray:
+        env = GameEnv(games, game="space_invaders", speed=speed)
+        obs, info = env.reset(seed=4)
+        assert info["speed"] == speed
+        out = [env.step(0)[0] for _ in range(30)]
+        return np.stack(out)
+
+    slow, fast = frames(0.5), frames(2.0)
+    assert not np.array_equal(slow[:, :-3], fast[:, :-3])  # the aliens move at other rates
+    assert np.array_equal(frames(2.0), fast)  # and deterministically so
+    assert slow[0, -1] == pytest.approx(-1.0) and fast[0, -1] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"\['breakout'\] have no speed parameter"):
+        game_set("minatar", ["breakout", "asterix"], speed=[0.5, 2.0])
+    with pytest.raises(ValueError, match="speed 9.0 is outside its declared bounds"):
+        GameEnv(games, game="asterix", speed=9.0)
+    config = RLConfig.parse({"env": {"family": "minatar", "games": ["asterix"],
+                                     "speed": [0.5, 2.0]}})
+    assert fixed_contexts(config, "games") == ["asterix:0.5", "asterix:1.25", "asterix:2"]
+    with pytest.raises(ConfigError, match="env.games and env.speed apply"):
+        RLConfig.parse({"env": {"family": "cartpole", "speed": [0.5, 2.0]}})

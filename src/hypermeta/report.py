@@ -357,7 +357,7 @@ def _rl_sections(run_dir: Path, tasks: int, colour_by: list[str] | None
         return subtitle, sections
     if games:
         raw = list(space.games)
-        context = torch.stack([torch.from_numpy(space.one_hot(g)) for g in raw])
+        context = torch.stack([torch.from_numpy(space.context(g)) for g in raw])
         new = None
     else:
         raw = space.sample(np.random.default_rng(0), tasks, "train")

@@ -264,27 +264,58 @@ def _require_minatar() -> Any:
     return minatar
 
 
+# Within a MinAtar game, ``speed`` divides the game's move and spawn intervals (the instance
+# attributes its reset sets; its difficulty ramp then shortens them further as usual).
+SPEED_ATTRIBUTES = {
+    "asterix": ("move_speed", "move_timer", "spawn_speed", "spawn_timer"),
+    "seaquest": ("move_speed", "e_spawn_speed", "e_spawn_timer"),
+    "space_invaders": ("enemy_move_interval", "alien_move_timer"),
+}
+SPEED_BOUNDS = (0.25, 4.0)
+
+
 @dataclass
 class GameSet:
-    """The games of a multi-game family: names (the task ids) and the observation layout."""
+    """The games of a multi-game family: names (the task ids), the observation layout and,
+    optionally, a within-game speed range (its context value normalised to [-1, 1])."""
 
     family: str
     games: tuple[str, ...]
     channels: int = field(default=0)
+    speed: tuple[float, float] | None = None
+
+    @property
+    def context_dim(self) -> int:
+        return len(self.games) + (self.speed is not None)
 
     def index(self, game: str) -> int:
         if game not in self.games:
             raise ValueError(f"unknown game {game!r}; this run's games are {list(self.games)}")
         return self.games.index(game)
 
-    def one_hot(self, game: str) -> np.ndarray:
-        out = np.zeros(len(self.games), dtype=np.float32)
+    def check_speed(self, speed: float) -> float:
+        lo, hi = SPEED_BOUNDS
+        if not (isinstance(speed, (int, float)) and np.isfinite(speed) and lo <= speed <= hi):
+            raise ValueError(f"speed {speed!r} is outside its declared bounds [{lo}, {hi}]")
+        return float(speed)
+
+    def context(self, game: str, speed: float | None = None) -> np.ndarray:
+        """The normalised context: the one-hot game id (and the speed over its range)."""
+        out = np.zeros(self.context_dim, dtype=np.float32)
         out[self.index(game)] = 1.0
+        if self.speed is not None:
+            lo, hi = self.speed
+            value = self.check_speed((lo + hi) / 2 if speed is None else speed)
+            out[-1] = (value - (lo + hi) / 2) / ((hi - lo) / 2)
+        elif speed is not None:
+            raise ValueError("this run has no speed context (env.speed is not set)")
         return out
 
 
-def game_set(family: str, games: Sequence[str]) -> GameSet:
-    """Check the game names of a ``minatar`` or ``atari`` family and size its observations."""
+def game_set(family: str, games: Sequence[str],
+             speed: Sequence[float] | None = None) -> GameSet:
+    """Check the game names (and speed range) of a ``minatar`` or ``atari`` family and size
+    its observations."""
     if not games:
         raise ValueError(f"the {family} family needs env.games (a list of game names)")
     if len(set(games)) != len(games):
@@ -293,12 +324,32 @@ def game_set(family: str, games: Sequence[str]) -> GameSet:
         unknown = [g for g in games if g not in MINATAR_GAMES]
         if unknown:
             raise ValueError(f"unknown MinAtar game(s) {unknown}; one of {list(MINATAR_GAMES)}")
+        span = None
+        if speed is not None:
+            fixed = [g for g in games if g not in SPEED_ATTRIBUTES]
+            if fixed:
+                raise ValueError(f"{fixed} have no speed parameter; env.speed applies to "
+                                 f"{sorted(SPEED_ATTRIBUTES)}")
+            lo, hi = (float(v) for v in speed)
+            if not SPEED_BOUNDS[0] <= lo < hi <= SPEED_BOUNDS[1]:
+                raise ValueError(f"env.speed [{lo}, {hi}] must be a non-empty range inside "
+                                 f"{list(SPEED_BOUNDS)}")
+            span = (lo, hi)
         minatar = _require_minatar()
         channels = max(minatar.Environment(g).state_shape()[2] for g in games)
-        return GameSet(family, tuple(games), channels)
+        return GameSet(family, tuple(games), channels, span)
     if family == "atari":
+        if speed is not None:
+            raise ValueError("env.speed applies to MinAtar games, not atari")
         return GameSet(family, tuple(games), 3)
     raise ValueError(f"{family!r} is not a game family (minatar, atari)")
+
+
+def apply_speed(env: Any, game: str, speed: float) -> None:
+    """Divide a MinAtar game's move and spawn intervals by ``speed`` (at least 1 frame)."""
+    inner = env.env
+    for name in SPEED_ATTRIBUTES[game]:
+        setattr(inner, name, max(1, round(getattr(inner, name) / speed)))
 
 
 class GameEnv(gym.Env):
@@ -306,21 +357,30 @@ class GameEnv(gym.Env):
 
     The observation is the game's ``[C, 10, 10]`` frame (MinAtar's channel maps, zero-padded to
     ``games.channels``; Atari RGB mean-pooled 21x16 to 10x10) flattened, then the one-hot
-    game id. All games share MinAtar's 6 actions (ALE: the minimal set of the first game).
+    game id (and, with ``games.speed``, the normalised speed). All games share MinAtar's 6
+    actions (ALE: the action set of the first game).
 
     Arguments:
         games: a ``GameSet``.
         game: play this game at every reset; ``None`` draws one per reset.
+        speed: a fixed within-game speed; ``None`` draws one per reset from ``games.speed``
+            (when the set has a speed range).
         max_steps: truncate an episode after this many steps.
     """
 
-    def __init__(self, games: GameSet, *, game: str | None = None, max_steps: int = 5000,
-                 sticky_action_prob: float = 0.1) -> None:
+    def __init__(self, games: GameSet, *, game: str | None = None, speed: float | None = None,
+                 max_steps: int = 5000, sticky_action_prob: float = 0.1) -> None:
         self.games, self.max_steps = games, max_steps
         self.fixed = None if game is None else games.games[games.index(game)]
         self.game = self.fixed or games.games[0]
+        if speed is not None:
+            games.context(self.game, speed)  # checks the speed (and that the run has one)
+        self.fixed_speed = speed
+        self.speed = speed if speed is not None else (
+            None if games.speed is None else sum(games.speed) / 2)
+        self._tail = games.context(self.game, self.speed)
         self.obs_shape = (games.channels, 10, 10)
-        size = int(np.prod(self.obs_shape)) + len(games.games)
+        size = int(np.prod(self.obs_shape)) + games.context_dim
         self.observation_space = spaces.Box(-np.inf, np.inf, (size,), np.float32)
         self._steps = 0
         if games.family == "minatar":
@@ -345,21 +405,26 @@ class GameEnv(gym.Env):
         else:  # (210, 160, 3) uint8 -> (3, 10, 10) in [0, 1]
             pooled = np.asarray(raw, dtype=np.float32).reshape(10, 21, 10, 16, 3).mean((1, 3))
             frame = pooled.transpose(2, 0, 1) / 255.0
-        return np.concatenate([frame.reshape(-1), self.games.one_hot(self.game)])
+        return np.concatenate([frame.reshape(-1), self._tail])
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         self.game = self.fixed or self.games.games[int(self.np_random.integers(
             len(self.games.games)))]
+        if self.games.speed is not None and self.fixed_speed is None:
+            self.speed = float(self.np_random.uniform(*self.games.speed))
+        self._tail = self.games.context(self.game, self.speed)
         env, self._steps = self._envs[self.game], 0
         if self.games.family == "minatar":
             env.seed(int(self.np_random.integers(2**31)))
             env.reset()
+            if self.speed is not None:
+                apply_speed(env, self.game, self.speed)
             raw = env.state()
         else:
             raw, _ = env.reset(seed=int(self.np_random.integers(2**31)))
-        return self._frame(raw), {"game": self.game}
+        return self._frame(raw), {"game": self.game, "speed": self.speed}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         env = self._envs[self.game]
@@ -370,4 +435,5 @@ class GameEnv(gym.Env):
         else:
             raw, reward, terminated, _, _ = env.step(int(action))
         truncated = self._steps >= self.max_steps and not terminated
-        return self._frame(raw), float(reward), bool(terminated), truncated, {"game": self.game}
+        return self._frame(raw), float(reward), bool(terminated), truncated, {
+            "game": self.game, "speed": self.speed}

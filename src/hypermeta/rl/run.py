@@ -46,10 +46,13 @@ class _Strict(BaseModel):
 
 class EnvConfig(_Strict):
     """``family``; for physics families optional training ranges and a fixed context (a
-    per-context expert); for game families the games (the tasks)."""
+    per-context expert); for game families the games (the tasks) and, for MinAtar, an
+    optional within-game speed range (``speed: [lo, hi]``: move and spawn intervals divided
+    by a speed drawn per episode; part of the context)."""
 
     family: Family
     games: list[str] = []
+    speed: tuple[float, float] | None = None
     train: dict[str, tuple[float, float]] = {}
     context: list[float] | None = None
     max_steps: PositiveInt = 5000
@@ -135,9 +138,10 @@ class RLConfig(_Strict):
             if env.train or env.context is not None:
                 raise ConfigError(f"env.train and env.context apply to physics families; "
                                   f"{env.family} takes env.games")
-            return envs.game_set(env.family, env.games)
-        if env.games:
-            raise ConfigError(f"env.games applies to minatar/atari, not {env.family}")
+            return envs.game_set(env.family, env.games, env.speed)
+        if env.games or env.speed is not None:
+            raise ConfigError(f"env.games and env.speed apply to minatar/atari, not "
+                              f"{env.family}")
         space = envs.context_space(env.family).with_train(
             {k: list(v) for k, v in env.train.items()})
         if env.context is not None:
@@ -155,16 +159,28 @@ def is_rl_run(run_dir: str | Path) -> bool:
 
 
 # ---------------------------------------------------------------------------- environments
+def split_game(value: str) -> tuple[str, float | None]:
+    """``"asterix"`` -> (``"asterix"``, None); ``"asterix:1.5"`` -> (``"asterix"``, 1.5)."""
+    game, sep, speed = str(value).partition(":")
+    if not sep:
+        return game, None
+    try:
+        return game, float(speed)
+    except ValueError:
+        raise ValueError(f"a game context is GAME or GAME:SPEED; got {value!r}") from None
+
+
 def make_env(config: RLConfig, *, context: Any = None, game: str | None = None) -> Any:
     """One environment of the run's family: training contexts drawn per reset, or the given
-    raw ``context`` / ``game`` fixed."""
+    raw ``context`` / ``game`` (``"name"`` or ``"name:speed"``) fixed."""
     from hypermeta.rl.envs import ContextualEnv, GameEnv
 
     space = config.task_space()
     if config.env.family in ("minatar", "atari"):
         if context is not None:
             raise ValueError("game families take game=, not context=")
-        return GameEnv(space, game=game, max_steps=config.env.max_steps)
+        name, speed = (None, None) if game is None else split_game(game)
+        return GameEnv(space, game=name, speed=speed, max_steps=config.env.max_steps)
     if game is not None:
         raise ValueError(f"{config.env.family} takes context=, not game=")
     fixed = context if context is not None else config.env.context
@@ -179,7 +195,7 @@ def build_policy_net(config: RLConfig) -> PolicyNet:
         action = env.action_space
         action_dim = int(action.n) if hasattr(action, "n") else int(np.prod(action.shape))
         games = config.env.family in ("minatar", "atari")
-        context_dim = len(space.games) if games else space.dim
+        context_dim = space.context_dim if games else space.dim
         obs_dim = int(env.observation_space.shape[0]) - context_dim
         p = config.policy
         torch.manual_seed(config.seed)
@@ -321,8 +337,9 @@ class RLRun:
         if self.config.env.family in ("minatar", "atari"):
             if not isinstance(value, str):
                 raise ValueError(f"the context of a {self.config.env.family} run is a game "
-                                 f"name, one of {list(space.games)}; got {value!r}")
-            return torch.from_numpy(space.one_hot(value))
+                                 f"name (GAME or GAME:SPEED), one of {list(space.games)}; got "
+                                 f"{value!r}")
+            return torch.from_numpy(space.context(*split_game(value)))
         if isinstance(value, str):
             try:
                 value = [float(v) for v in value.split(",")]
@@ -396,7 +413,10 @@ def fixed_contexts(config: RLConfig, which: str, count: int | None = None,
         if which != "games":
             raise ValueError(f"{config.env.family} runs are tested on their games "
                              "(which='games')")
-        return list(config.env.games)
+        if config.env.speed is None:
+            return list(config.env.games)
+        lo, hi = config.env.speed  # each game at the ends and the middle of its speed range
+        return [f"{g}:{s:g}" for g in config.env.games for s in (lo, (lo + hi) / 2, hi)]
     space = config.task_space()
     rng = np.random.default_rng(config.eval.seed if seed is None else seed)
     if which == "interp":  # a separate stream from extrap: both sets fixed by the seed
