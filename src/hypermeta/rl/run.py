@@ -270,8 +270,9 @@ def train_rl(config: RLConfig, run_dir: str | Path, *, max_steps: int | None = N
     config_json = config.model_dump_json()
     ckpt = run_dir / CHECKPOINT
     if (run_dir / "config.json").is_file():
-        saved = json.loads((run_dir / "config.json").read_text())
-        if saved != json.loads(config_json):
+        # parsed, so a field added since (with its default) does not make a run another one
+        saved = RLConfig.parse(json.loads((run_dir / "config.json").read_text()))
+        if saved != config:
             raise ConfigError(f"{run_dir} holds a run with another config; use a new folder")
     atomic_write_json(run_dir / "config.json", json.loads(config_json))
     before = torch.get_num_threads()
