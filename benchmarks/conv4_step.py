@@ -7,11 +7,15 @@ not depend on the weights), one fixed episode batch per meta-batch size.
 Arms, each a whole training step (forward, loss, backward, Adam step), alternating within every
 round so drift in machine load hits all alike; medians:
 
-* ``eager``: the trainer's step as it is (all tasks of a meta-batch in one vmapped call: with
-  shared convolution weights, vmap folds the tasks into the convolution's batch, one conv call);
-* ``per_task``: the same tasks one at a time (what batching saves);
-* ``channels_last``: model and images in ``torch.channels_last`` memory format;
-* ``compiled``: the loss through ``torch.compile`` (compile seconds recorded separately).
+* ``vmap``: the step before this benchmark: all tasks of a meta-batch in one vmapped call
+  (with shared convolution weights vmap folds the tasks into one convolution batch),
+  contiguous (NCHW) weights and images;
+* ``per_task``: the same tasks one call each, still NCHW;
+* ``channels_last_vmap``: vmapped, with weights and images in channels-last memory format;
+* ``eager``: the trainer's step now (``FunctionalTarget(batching="auto")``: on the CPU a
+  convolutional target runs one task at a time in channels-last format, and the trainer puts
+  the learner's weights in channels-last);
+* ``compiled``: ``eager`` with the loss through ``torch.compile`` (compile seconds recorded).
 
 Plus ``profile``: the eager step's operators by self CPU time (torch.profiler).
 
@@ -73,8 +77,20 @@ def _last(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
 
 
-def channels_last(learner: Any, episode: Episode) -> tuple[Any, Episode]:
-    model = copy.deepcopy(learner).to(memory_format=torch.channels_last)
+def variant(learner: Any, episode: Episode, *, batching: str, last: bool
+            ) -> tuple[Any, Episode]:
+    """A copy of ``learner`` whose targets batch tasks by ``batching`` (``auto``, ``vmap``),
+    with weights (and images) in channels-last format when ``last``, else contiguous."""
+    from hypermeta.target import FunctionalTarget
+
+    model = copy.deepcopy(learner)
+    for module in model.modules():
+        if isinstance(module, FunctionalTarget):
+            module.batching = batching
+    fmt = torch.channels_last if last else torch.contiguous_format
+    model.to(memory_format=fmt)
+    if not last:
+        return model, episode
     return model, Episode(_last(episode.support_x), episode.support_y,
                           _last(episode.query_x), episode.query_y, ways=episode.ways)
 
@@ -106,27 +122,31 @@ def main() -> None:
         learner = build_learner(config, tasks)
         for meta_batch in args.meta_batch:
             episode = tasks.sample("train", meta_batch, torch.Generator().manual_seed(0))
-            arms = {"eager": step_fn(learner, episode),
-                    "per_task": step_fn(learner, episode, per_task=True),
-                    "channels_last": step_fn(*channels_last(learner, episode))}
+            old = variant(learner, episode, batching="vmap", last=False)
+            now = variant(learner, episode, batching="auto", last=True)
+            arms = {"vmap": step_fn(*old),
+                    "per_task": step_fn(*old, per_task=True),
+                    "channels_last_vmap": step_fn(*variant(learner, episode, batching="vmap",
+                                                           last=True)),
+                    "eager": step_fn(*now)}
             started = time.perf_counter()
-            compiled = step_fn(learner, episode, compile_loss=True)
+            compiled = step_fn(*now, compile_loss=True)
             compiled()
             compile_s = time.perf_counter() - started
             arms["compiled"] = compiled
             timing = interleaved_medians(arms, repeats, warmup=2)
-            eager = timing["eager"]["median_s"]
+            before = timing["vmap"]["median_s"]
             results[f"{name}/mb{meta_batch}"] = {
                 "step_ms": {k: 1000 * v["median_s"] for k, v in timing.items()},
-                "speedup_vs_eager": {k: eager / v["median_s"] for k, v in timing.items()},
+                "speedup_vs_vmap": {k: before / v["median_s"] for k, v in timing.items()},
                 "tasks_per_s": {k: meta_batch / v["median_s"] for k, v in timing.items()},
                 "compile_s": compile_s,
                 "profile": profile(arms["eager"]),
             }
             print(name, meta_batch, {k: round(1000 * v["median_s"], 1)
                                      for k, v in timing.items()}, flush=True)
-    summary = {key: {"step_ms_eager": r["step_ms"]["eager"],
-                     "speedup_vs_eager": r["speedup_vs_eager"]} for key, r in results.items()}
+    summary = {key: {"step_ms_before": r["step_ms"]["vmap"], "step_ms_now": r["step_ms"]["eager"],
+                     "speedup_vs_vmap": r["speedup_vs_vmap"]} for key, r in results.items()}
     payload = {"benchmark": "conv4_step", **environment([0]), "complete": True,
                "protocol": __doc__.split("\n\n")[1], "results": results, "summary": summary}
     publish("conv4_step", payload, {}, smoke=args.smoke,

@@ -413,3 +413,26 @@ def test_materialize_keeps_the_targets_hooks_and_returns_a_network_without_hooks
     assert {n: dict(m._forward_hooks) for n, m in target.module.named_modules()} == hooks
     torch.testing.assert_close(target(params, x), out, rtol=0, atol=0)
     torch.testing.assert_close(net(x[0]), out[0], rtol=1e-9, atol=1e-9)
+
+
+def test_batching_modes_agree_for_a_conv_target():
+    from hypermeta import Conv4
+
+    torch.manual_seed(0)
+    net = Conv4(in_channels=1, num_classes=5, hidden=8, image_size=16)
+    targets = {mode: FunctionalTarget(net, generate="features.*.1.*", batching=mode)
+               for mode in ("auto", "vmap", "loop")}
+    spec = targets["auto"].spec
+    params = {n: (1 + 0.1 * torch.randn(3, *s)).requires_grad_()
+              for n, s in zip(spec.names, spec.shapes)}
+    x = torch.randn(3, 6, 1, 16, 16)
+    outs, grads = {}, {}
+    for mode, target in targets.items():  # auto on the CPU: a loop in channels-last format
+        out = target(params, x)
+        (grads[mode],) = torch.autograd.grad(out.square().sum(), [params[spec.names[0]]])
+        outs[mode] = out.detach()
+    for mode in ("vmap", "loop"):
+        torch.testing.assert_close(outs["auto"], outs[mode], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(grads["auto"], grads[mode], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="batching must be"):
+        FunctionalTarget(net, batching="threads")

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 Adapter = Literal["full", "lowrank", "film"]
 BatchNormMode = Literal["batch", "frozen"]
+Batching = Literal["auto", "vmap", "loop"]
 Selection = str | type[nn.Module] | Sequence[str | type[nn.Module]]
 _P = TypeVar("_P", bound=Part)
 
@@ -64,6 +65,10 @@ class FunctionalTarget(nn.Module):
             ``[T, N]`` for any N, and never in ``spec``.
         parts: the user's own ``Part`` s, installed after the adapter and before the gates
             (which merge last: they prune).
+        batching: how T tasks run: ``"vmap"`` (one vmapped call), ``"loop"`` (one call per
+            task), or ``"auto"``: vmap, except targets with ``nn.Conv2d`` on the CPU, which
+            loop with inputs in channels-last memory format (faster there, see
+            ``benchmarks/conv4_step.py``).
 
     Example:
         >>> net = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 1))
@@ -87,6 +92,7 @@ class FunctionalTarget(nn.Module):
         gate_sparsity: float = 0.0,
         class_head: str | None = None,
         parts: Sequence[Part] = (),
+        batching: Batching = "auto",
     ) -> None:
         super().__init__()
         if not isinstance(module, nn.Module):
@@ -149,6 +155,12 @@ class FunctionalTarget(nn.Module):
         self._shared_cache: dict[str, Tensor] | None = None
         # a plain Linear stack with plain generated tensors runs as F.linear/baddbmm calls
         self._plan = None if chosen else LinearPlan.of(self.module, frozenset(self.spec.names))
+        if batching not in ("auto", "vmap", "loop"):
+            raise ValueError(f"batching must be 'auto', 'vmap' or 'loop', got {batching!r}")
+        self.batching = batching
+        # convolutions on the CPU: one task at a time in channels-last memory format (a conv-4
+        # training step of 4 tasks ran ~1.8x slower vmapped: benchmarks/conv4_step.py)
+        self._convolutional = any(isinstance(m, nn.Conv2d) for m in self.module.modules())
         self._use_vmap = not any(isinstance(m, nn.RNNBase) for m in self.module.modules())
         if not self._use_vmap:
             self._warn_loop("nn.RNNBase modules (nn.GRU/nn.LSTM/nn.RNN) have no vmap rule")
@@ -287,7 +299,9 @@ class FunctionalTarget(nn.Module):
             return self._plan(self._shared_cache, params, x)
         if x.shape[0] == 1:  # one task (serving, adaptation latency): vmap would only add cost
             return self._call_one({n: p[0] for n, p in params.items()}, x[0])[None]
-        if not self._use_vmap:
+        loop = self.batching == "loop" or (self.batching == "auto" and self._convolutional
+                                           and x.device.type == "cpu")
+        if loop or not self._use_vmap:
             return self._loop(params, x)
         try:
             return vmap(self._call_one, randomness="different")(params, x)
@@ -317,6 +331,9 @@ class FunctionalTarget(nn.Module):
 
     def _call_one(self, params: Params, x: Tensor) -> Tensor:
         # One task: params {name: [*shape]}, x [N, ...] -> [N, ...]
+        if self._convolutional and x.dim() == 4 and x.device.type == "cpu" and \
+                self.batching == "auto":
+            x = x.contiguous(memory_format=torch.channels_last)  # mkldnn's fast layout
         tensors = self.shared_tensors()
         tensors.update(params)
         out: Tensor = functional_call(self.module, tensors, (x,), strict=True)
