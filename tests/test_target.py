@@ -425,7 +425,7 @@ def test_batching_modes_agree_for_a_conv_target():
     spec = targets["auto"].spec
     params = {n: (1 + 0.1 * torch.randn(3, *s)).requires_grad_()
               for n, s in zip(spec.names, spec.shapes)}
-    x = torch.randn(3, 6, 1, 16, 16)
+    x = torch.randn(3, 10, 1, 16, 16)  # >= 8 images a task: auto loops
     outs, grads = {}, {}
     for mode, target in targets.items():  # auto on the CPU: a loop in channels-last format
         out = target(params, x)

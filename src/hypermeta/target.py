@@ -27,6 +27,14 @@ log = logging.getLogger(__name__)
 Adapter = Literal["full", "lowrank", "film"]
 BatchNormMode = Literal["batch", "frozen"]
 Batching = Literal["auto", "vmap", "loop"]
+# "auto" loops (channels-last) over tasks of a conv target on the CPU from this many examples a
+# task; fewer (an RL policy generated per sample: one example a task) stay vmapped
+LOOP_MIN_EXAMPLES = 8
+
+
+def _fast(x: Tensor, channels_last: bool) -> Tensor:
+    """One task's images ``[N, C, H, W]`` in channels-last format (mkldnn's fast layout)."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 Selection = str | type[nn.Module] | Sequence[str | type[nn.Module]]
 _P = TypeVar("_P", bound=Part)
 
@@ -66,9 +74,9 @@ class FunctionalTarget(nn.Module):
         parts: the user's own ``Part`` s, installed after the adapter and before the gates
             (which merge last: they prune).
         batching: how T tasks run: ``"vmap"`` (one vmapped call), ``"loop"`` (one call per
-            task), or ``"auto"``: vmap, except targets with ``nn.Conv2d`` on the CPU, which
-            loop with inputs in channels-last memory format (faster there, see
-            ``benchmarks/conv4_step.py``).
+            task), or ``"auto"``: vmap, except targets with ``nn.Conv2d`` on the CPU given at
+            least 8 images a task, which loop with the images in channels-last memory format
+            (faster there, see ``benchmarks/conv4_step.py``).
 
     Example:
         >>> net = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 1))
@@ -297,12 +305,14 @@ class FunctionalTarget(nn.Module):
                 self.shared_tensors()
             assert self._shared_cache is not None
             return self._plan(self._shared_cache, params, x)
+        # convolutions on the CPU over whole example sets: channels-last, one task at a time
+        auto_conv = (self.batching == "auto" and self._convolutional and x.device.type == "cpu"
+                     and x.dim() == 5 and x.shape[1] >= LOOP_MIN_EXAMPLES)
         if x.shape[0] == 1:  # one task (serving, adaptation latency): vmap would only add cost
-            return self._call_one({n: p[0] for n, p in params.items()}, x[0])[None]
-        loop = self.batching == "loop" or (self.batching == "auto" and self._convolutional
-                                           and x.device.type == "cpu")
-        if loop or not self._use_vmap:
-            return self._loop(params, x)
+            one = {n: p[0] for n, p in params.items()}
+            return self._call_one(one, _fast(x[0], auto_conv))[None]
+        if self.batching == "loop" or auto_conv or not self._use_vmap:
+            return self._loop(params, x, channels_last=auto_conv)
         try:
             return vmap(self._call_one, randomness="different")(params, x)
         except RuntimeError as err:  # no batching rule, or an error of the module itself:
@@ -311,8 +321,8 @@ class FunctionalTarget(nn.Module):
             self._warn_loop(f"vmap failed ({str(err).splitlines()[0][:160]})")
             return out
 
-    def _loop(self, params: Params, x: Tensor) -> Tensor:
-        outs = [self._call_one({n: p[i] for n, p in params.items()}, x[i])
+    def _loop(self, params: Params, x: Tensor, *, channels_last: bool = False) -> Tensor:
+        outs = [self._call_one({n: p[i] for n, p in params.items()}, _fast(x[i], channels_last))
                 for i in range(x.shape[0])]
         return torch.stack(outs)
 
@@ -331,9 +341,6 @@ class FunctionalTarget(nn.Module):
 
     def _call_one(self, params: Params, x: Tensor) -> Tensor:
         # One task: params {name: [*shape]}, x [N, ...] -> [N, ...]
-        if self._convolutional and x.dim() == 4 and x.device.type == "cpu" and \
-                self.batching == "auto":
-            x = x.contiguous(memory_format=torch.channels_last)  # mkldnn's fast layout
         tensors = self.shared_tensors()
         tensors.update(params)
         out: Tensor = functional_call(self.module, tensors, (x,), strict=True)
