@@ -99,16 +99,6 @@ def main() -> None:
     publish("fusion", payload, {}, smoke=args.smoke)
 
 
-def _half(episode: Any, low: int, high: int) -> Any:
-    """Classes ``low..high-1`` of a one-task episode, relabelled from 0."""
-    from hypermeta import Episode
-
-    s = (episode.support_y[0] >= low) & (episode.support_y[0] < high)
-    q = (episode.query_y[0] >= low) & (episode.query_y[0] < high)
-    return Episode(episode.support_x[:, s], episode.support_y[:, s] - low,
-                   episode.query_x[:, q], episode.query_y[:, q] - low)
-
-
 def classification(args: Any, runs: Path, deadline: float) -> dict[str, Any] | None:
     """Fusion of two 5-way spoken-word tasks into their 10-way union (percent accuracy)."""
     import json
@@ -134,7 +124,7 @@ def classification(args: Any, runs: Path, deadline: float) -> dict[str, Any] | N
                                                   for n in NETWORKS}
     for i in range(pairs):
         whole = test.task(i)
-        a, b = _half(whole, 0, 5), _half(whole, 5, 10)
+        a, b = hi.class_subtask(whole, 0, 5), hi.class_subtask(whole, 5, 10)
         fused = hi.fuse(model, a, b, hi.union_task(a, b))
         for name, metrics in fused.metrics.items():
             for task, value in metrics.items():

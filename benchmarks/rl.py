@@ -86,6 +86,12 @@ def _train(bench: ResumableBenchmark, key: str, config: RLConfig) -> Path | None
             return run_dir
 
 
+def _test_sets(family: str, smoke: bool) -> dict[str, list[Any]]:
+    """The family's fixed interpolation and extrapolation test contexts."""
+    base = _config(family, smoke)
+    return {which: fixed_contexts(base, which) for which in ("interp", "extrap")}
+
+
 def _count(run_dir: Path) -> int:
     return sum(p.numel() for p in load_rl_run(run_dir).net.parameters())
 
@@ -113,8 +119,7 @@ def _variant_unit(bench: ResumableBenchmark, family: str, variant: str, seed: in
 def equal_size_units(bench: ResumableBenchmark, seeds: list[int]) -> bool:
     """The concat variant widened to the hypernet's trainable parameter count."""
     for family in PHYSICS:
-        base = _config(family, bench.smoke)
-        sets = {which: fixed_contexts(base, which) for which in ("interp", "extrap")}
+        sets = _test_sets(family, bench.smoke)
         for seed in seeds:
             if not _variant_unit(bench, family, "concat_large", seed, sets):
                 return False
@@ -123,8 +128,7 @@ def equal_size_units(bench: ResumableBenchmark, seeds: list[int]) -> bool:
 
 def physics_units(bench: ResumableBenchmark, seeds: list[int]) -> None:
     for family in PHYSICS:
-        base = _config(family, bench.smoke)
-        sets = {which: fixed_contexts(base, which) for which in ("interp", "extrap")}
+        sets = _test_sets(family, bench.smoke)
         for seed in seeds:
             for variant in VARIANTS:
                 if not _variant_unit(bench, family, variant, seed, sets):

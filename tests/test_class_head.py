@@ -202,14 +202,6 @@ def test_end_to_end_training_on_synthetic_images_beats_chance(tmp_path, syntheti
     assert trained > untrained + 0.05
 
 
-def _half(episode: Episode, low: int, high: int) -> Episode:
-    """Classes ``low..high-1`` of a one-task episode, relabelled from 0."""
-    s = (episode.support_y[0] >= low) & (episode.support_y[0] < high)
-    q = (episode.query_y[0] >= low) & (episode.query_y[0] < high)
-    return Episode(episode.support_x[:, s], episode.support_y[:, s] - low,
-                   episode.query_x[:, q], episode.query_y[:, q] - low)
-
-
 def test_fusion_with_a_class_head_unites_two_label_sets():
     from hypermeta import inspect as hi
 
@@ -218,7 +210,7 @@ def test_fusion_with_a_class_head_unites_two_label_sets():
         for p in model.hypernet.parameters():
             p.add_(0.1 * torch.randn_like(p))
     whole = image_tasks(ways=10, shots=2, queries=3).fixed_tasks("test", 1).to("cpu", torch.float64)
-    a, b = _half(whole, 0, 5), _half(whole, 5, 10)
+    a, b = hi.class_subtask(whole, 0, 5), hi.class_subtask(whole, 5, 10)
     combined = hi.union_task(a, b)
     assert combined.query_x.shape[1] == whole.query_x.shape[1]
     fused = hi.fuse(model, a, b, combined)

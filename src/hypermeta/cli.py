@@ -24,6 +24,10 @@ Which = Annotated[str, typer.Option(help="Checkpoint: best or last.")]
 AllowDataChange = Annotated[bool, typer.Option(
     help="Use the run even if its task data (files, class lists) changed since training.")]
 F = TypeVar("F", bound=Callable[..., Any])
+SetOption = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override: key.sub=value (repeatable).")]
+RunDirOption = Annotated[Path | None, typer.Option(
+    help="Run folder (default runs/<config name>).")]
 
 
 def _version(value: bool) -> None:
@@ -76,10 +80,8 @@ def _is_rl_config(path: Path) -> bool:
 @_friendly
 def train(
     config: Annotated[Path, typer.Argument(help="YAML run config (see configs/).")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: key.sub=value "
-                                                   "(repeatable).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<config name>).")]
-    = None,
+    set_: SetOption = None,
+    out: RunDirOption = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps in this "
                                                   "call; rerun to resume.")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Stop at the first step past this "
@@ -495,10 +497,8 @@ ContextOption = Annotated[str, typer.Option(
 @_friendly
 def rl_train(
     config: Annotated[Path, typer.Argument(help="YAML RL config (configs/rl-*.yaml).")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: key.sub=value "
-                                                   "(repeatable).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run folder (default runs/<config name>).")]
-    = None,
+    set_: SetOption = None,
+    out: RunDirOption = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after about this many env steps "
                                                   "in this call; rerun to resume.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = False,

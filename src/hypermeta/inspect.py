@@ -210,6 +210,17 @@ def sum_task(tasks: Any, a: Episode, b: Episode) -> Episode | None:
     return Episode(a.support_x, a.support_y, a.query_x, y)
 
 
+def class_subtask(episode: Episode, low: int, high: int) -> Episode:
+    """Classes ``low .. high - 1`` of a one-task classification episode, relabelled from 0
+    (e.g. the two 5-way halves of a 10-way episode, whose ``union_task`` is the whole)."""
+    if episode.num_tasks != 1 or episode.query_y is None:
+        raise ValueError("class_subtask takes one task with query labels")
+    s = (episode.support_y[0] >= low) & (episode.support_y[0] < high)
+    q = (episode.query_y[0] >= low) & (episode.query_y[0] < high)
+    return Episode(episode.support_x[:, s], episode.support_y[:, s] - low,
+                   episode.query_x[:, q], episode.query_y[:, q] - low)
+
+
 def union_task(a: Episode, b: Episode) -> Episode:
     """The combined classification task of ``a`` and ``b`` (one task each): both support and
     query sets, ``b``'s labels shifted past ``a``'s. Meant for tasks with disjoint classes

@@ -45,7 +45,7 @@ def rollout_strip(run: RLRun, out: str | Path, contexts: Sequence[str] | None = 
     family = run.config.env.family
     if family not in ("cartpole", "pendulum"):
         raise ValueError(f"strips are drawn for cartpole and pendulum runs, not {family}")
-    space = run.config.task_space()
+    space = run.config.task_space
     parsed = [space.check(c.split(",")).tolist() for c in contexts] if contexts else [
         list(space.default), *(list(c) for c in fixed_contexts(run.config, "interp", 1)),
         *(list(c) for c in fixed_contexts(run.config, "extrap", 1))]

@@ -9,6 +9,7 @@ Run folder: ``config.json``, ``checkpoint.safetensors`` (policy, optimizer, step
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -122,15 +123,17 @@ class RLConfig(_Strict):
 
             raise ConfigError(_format(err)) from None
         try:
-            config.task_space()  # games and contexts checked before any work
+            _ = config.task_space  # games and contexts checked before any work
         except ConfigError:
             raise
         except ValueError as err:
             raise ConfigError(f"invalid config: {err}") from None
         return config
 
+    @functools.cached_property
     def task_space(self) -> Any:
-        """The family's ``ContextSpace`` (physics) or ``GameSet`` (games), checked."""
+        """The family's ``ContextSpace`` (physics) or ``GameSet`` (games), checked; built once
+        per config (every environment of a run reads it)."""
         from hypermeta.rl import envs
 
         env = self.env
@@ -175,7 +178,7 @@ def make_env(config: RLConfig, *, context: Any = None, game: str | None = None) 
     raw ``context`` / ``game`` (``"name"`` or ``"name:speed"``) fixed."""
     from hypermeta.rl.envs import ContextualEnv, GameEnv
 
-    space = config.task_space()
+    space = config.task_space
     if config.env.family in ("minatar", "atari"):
         if context is not None:
             raise ValueError("game families take game=, not context=")
@@ -191,7 +194,7 @@ def build_policy_net(config: RLConfig) -> PolicyNet:
     """The run's ``PolicyNet`` (fresh initialisation, seeded by ``config.seed``)."""
     env = make_env(config)
     try:
-        space = config.task_space()
+        space = config.task_space
         action = env.action_space
         action_dim = int(action.n) if hasattr(action, "n") else int(np.prod(action.shape))
         games = config.env.family in ("minatar", "atari")
@@ -334,7 +337,7 @@ class RLRun:
 
     def normalised_context(self, value: Any) -> torch.Tensor:
         """A raw context (numbers, or a game name) -> what the policy reads, checked."""
-        space = self.config.task_space()
+        space = self.config.task_space
         if self.config.env.family in ("minatar", "atari"):
             if not isinstance(value, str):
                 raise ValueError(f"the context of a {self.config.env.family} run is a game "
@@ -418,7 +421,7 @@ def fixed_contexts(config: RLConfig, which: str, count: int | None = None,
             return list(config.env.games)
         lo, hi = config.env.speed  # each game at the ends and the middle of its speed range
         return [f"{g}:{s:g}" for g in config.env.games for s in (lo, (lo + hi) / 2, hi)]
-    space = config.task_space()
+    space = config.task_space
     rng = np.random.default_rng(config.eval.seed if seed is None else seed)
     if which == "interp":  # a separate stream from extrap: both sets fixed by the seed
         rng = np.random.default_rng([config.eval.seed if seed is None else seed, 1])
