@@ -8,7 +8,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -22,6 +22,7 @@ from hypermeta.target import FunctionalTarget
 from hypermeta.tasks import TaskSource, get_tasks
 
 log = logging.getLogger(__name__)
+_M = TypeVar("_M", bound=nn.Module)
 
 MAX_PARAMETERS = int(os.environ.get("HYPERMETA_MAX_PARAMETERS", 2**31))
 """Largest learner (parameters and buffers) a config may build: 2^31 numbers = 8 GiB of
@@ -161,6 +162,16 @@ def _read(run_dir: str | Path, which: str) -> tuple[dict[str, Any], dict[str, An
     return weights, meta, config
 
 
+def cpu_layout(learner: _M) -> _M:
+    """Put a convolutional learner's 4-D weights on the CPU in channels-last memory format,
+    mkldnn's fast layout (1.3-1.5x a conv-4 step, ``benchmarks/conv4_step.py``); a layout
+    only: values, ``state_dict`` keys and checkpoints (stored contiguous) are unchanged."""
+    on_cpu = all(p.device.type == "cpu" for p in learner.parameters())
+    if on_cpu and any(isinstance(m, nn.Conv2d) for m in learner.modules()):
+        learner.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return learner
+
+
 def load_run(run_dir: str | Path, *, which: str = "best", target: nn.Module | None = None,
              method: str | None = None, allow_data_change: bool = False) -> Run:
     """Rebuild a trained run from ``run_dir/{which}.safetensors`` (never unpickles).
@@ -200,7 +211,7 @@ def load_run(run_dir: str | Path, *, which: str = "best", target: nn.Module | No
     except RuntimeError as err:
         raise CheckpointError(f"{run_dir}: weights do not fit the rebuilt model "
                               f"({str(err).splitlines()[0]})") from None
-    learner.eval()
+    cpu_layout(learner).eval()
     return Run(learner, config, tasks, str(meta["content_id"]), current)
 
 

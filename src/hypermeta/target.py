@@ -31,12 +31,13 @@ Batching = Literal["auto", "vmap", "loop"]
 # task; fewer (an RL policy generated per sample: one example a task) stay vmapped
 LOOP_MIN_EXAMPLES = 8
 
+Selection = str | type[nn.Module] | Sequence[str | type[nn.Module]]
+_P = TypeVar("_P", bound=Part)
+
 
 def _fast(x: Tensor, channels_last: bool) -> Tensor:
     """One task's images ``[N, C, H, W]`` in channels-last format (mkldnn's fast layout)."""
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-Selection = str | type[nn.Module] | Sequence[str | type[nn.Module]]
-_P = TypeVar("_P", bound=Part)
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
@@ -167,7 +168,7 @@ class FunctionalTarget(nn.Module):
             raise ValueError(f"batching must be 'auto', 'vmap' or 'loop', got {batching!r}")
         self.batching = batching
         # convolutions on the CPU: one task at a time in channels-last memory format (a conv-4
-        # training step of 4 tasks ran ~1.8x slower vmapped: benchmarks/conv4_step.py)
+        # step of 4 tasks: 1.5-1.8x slower vmapped than looped, benchmarks/conv4_step.py)
         self._convolutional = any(isinstance(m, nn.Conv2d) for m in self.module.modules())
         self._use_vmap = not any(isinstance(m, nn.RNNBase) for m in self.module.modules())
         if not self._use_vmap:

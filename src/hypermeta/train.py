@@ -29,7 +29,7 @@ from hypermeta.distributed import World, resolve_device
 from hypermeta.evaluate import summarize, task_values
 from hypermeta.files import atomic_write_bytes
 from hypermeta.model import Learner
-from hypermeta.runs import build_learner, build_tasks
+from hypermeta.runs import build_learner, build_tasks, cpu_layout
 
 log = logging.getLogger(__name__)
 
@@ -167,12 +167,7 @@ def _fit(config: RunConfig, run_dir: Path, *, target: nn.Module | None, resume: 
                           f"{world.size} processes: make it a multiple of the world size")
     torch.manual_seed(config.seed)  # model initialisation
     tasks = build_tasks(config)  # may fail on missing data: before anything is written
-    learner = build_learner(config, tasks, target).to(device)
-    if device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in learner.modules()):
-        # convolution weights in channels-last memory format: mkldnn's fast layout on the CPU
-        # (1.3-1.5x a conv-4 step, benchmarks/conv4_step.py); checkpoints store them
-        # contiguous, so nothing else sees the difference
-        learner.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    learner = cpu_layout(build_learner(config, tasks, target).to(device))
     val_set = tasks.fixed_tasks("val", config.train.val_tasks).to(device)
     _probe(learner, tasks, val_set, config)  # runs once, fits the labels: before any write
     if world.main:
