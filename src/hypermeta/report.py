@@ -339,7 +339,7 @@ def _rl_sections(run_dir: Path, tasks: int, colour_by: list[str] | None
     run = load_rl_run(run_dir)
     config, net = run.config, run.net
     space = config.task_space
-    games = config.env.family in ("minatar", "atari")
+    games = config.env.games_family
     names = [] if games else list(space.names)
     if colour_by is not None:
         unknown = [n for n in colour_by if n not in names]

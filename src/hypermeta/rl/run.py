@@ -58,6 +58,11 @@ class EnvConfig(_Strict):
     context: list[float] | None = None
     max_steps: PositiveInt = 5000
 
+    @property
+    def games_family(self) -> bool:
+        """Whether the tasks are games (``minatar``, ``atari``) rather than physics."""
+        return self.family in ("minatar", "atari")
+
 
 class PolicyConfig(_Strict):
     variant: Literal["hypernet", "concat", "blind"] = "hypernet"
@@ -137,7 +142,7 @@ class RLConfig(_Strict):
         from hypermeta.rl import envs
 
         env = self.env
-        if env.family in ("minatar", "atari"):
+        if env.games_family:
             if env.train or env.context is not None:
                 raise ConfigError(f"env.train and env.context apply to physics families; "
                                   f"{env.family} takes env.games")
@@ -179,7 +184,7 @@ def make_env(config: RLConfig, *, context: Any = None, game: str | None = None) 
     from hypermeta.rl.envs import ContextualEnv, GameEnv
 
     space = config.task_space
-    if config.env.family in ("minatar", "atari"):
+    if config.env.games_family:
         if context is not None:
             raise ValueError("game families take game=, not context=")
         name, speed = (None, None) if game is None else split_game(game)
@@ -197,7 +202,7 @@ def build_policy_net(config: RLConfig) -> PolicyNet:
         space = config.task_space
         action = env.action_space
         action_dim = int(action.n) if hasattr(action, "n") else int(np.prod(action.shape))
-        games = config.env.family in ("minatar", "atari")
+        games = config.env.games_family
         context_dim = space.context_dim if games else space.dim
         obs_dim = int(env.observation_space.shape[0]) - context_dim
         p = config.policy
@@ -338,7 +343,7 @@ class RLRun:
     def normalised_context(self, value: Any) -> torch.Tensor:
         """A raw context (numbers, or a game name) -> what the policy reads, checked."""
         space = self.config.task_space
-        if self.config.env.family in ("minatar", "atari"):
+        if self.config.env.games_family:
             if not isinstance(value, str):
                 raise ValueError(f"the context of a {self.config.env.family} run is a game "
                                  f"name (GAME or GAME:SPEED), one of {list(space.games)}; got "
@@ -413,7 +418,7 @@ def fixed_contexts(config: RLConfig, which: str, count: int | None = None,
                   seed: int | None = None) -> list[Any]:
     """The fixed test contexts: ``interp``/``extrap`` raw context vectors (physics), or the
     run's games (``which`` = ``games``)."""
-    if config.env.family in ("minatar", "atari"):
+    if config.env.games_family:
         if which != "games":
             raise ValueError(f"{config.env.family} runs are tested on their games "
                              "(which='games')")
@@ -421,11 +426,10 @@ def fixed_contexts(config: RLConfig, which: str, count: int | None = None,
             return list(config.env.games)
         lo, hi = config.env.speed  # each game at the ends and the middle of its speed range
         return [f"{g}:{s:g}" for g in config.env.games for s in (lo, (lo + hi) / 2, hi)]
-    space = config.task_space
-    rng = np.random.default_rng(config.eval.seed if seed is None else seed)
-    if which == "interp":  # a separate stream from extrap: both sets fixed by the seed
-        rng = np.random.default_rng([config.eval.seed if seed is None else seed, 1])
-    return list(space.sample(rng, count or config.eval.contexts, which))
+    base = config.eval.seed if seed is None else seed
+    # interp and extrap draw from separate streams, both fixed by the seed
+    rng = np.random.default_rng([base, 1] if which == "interp" else base)
+    return list(config.task_space.sample(rng, count or config.eval.contexts, which))
 
 
 def evaluate_rl(run: RLRun, contexts: Sequence[Any], *, episodes: int | None = None,
@@ -434,7 +438,7 @@ def evaluate_rl(run: RLRun, contexts: Sequence[Any], *, episodes: int | None = N
     names), for every context."""
     config = run.config
     count = episodes or config.eval.episodes
-    games = config.env.family in ("minatar", "atari")
+    games = config.env.games_family
     envs = [make_env(config, **({"game": c} if games else {"context": c}))
             for c in contexts for _ in range(count)]
     returns = rollout_returns(run.net, envs, seed)
