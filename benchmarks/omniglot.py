@@ -17,6 +17,13 @@ The hypernetwork variant is chosen on ``val`` characters, never on test: the thr
     python benchmarks/omniglot.py --data-dir ../shared/data   # resumable: rerun until complete
     python benchmarks/omniglot.py --smoke                      # tiny budget, *-smoke.json
 
+``--recipe published`` (issue 18) is the longer recipe towards the published figures: 60-way
+training episodes as in Snell et al. (5 queries per class), ``--episodes`` (default 12,000) per
+method with a cosine learning-rate schedule, validation on 200 20-way 1-shot val episodes every
+1,000 episodes (best checkpoint kept; train characters only, no trainval retraining), and one
+1-shot-trained model per method evaluated in all four cells. The hypernet variant is the one the
+short protocol chose on val (``film``, no fine-tuning). Results: results/omniglot-published-cpu.json.
+
 Each call works for at most --budget-minutes (default 9), training in chunks of 250 episodes;
 runs live in benchmarks/runs/omniglot/ (git-ignored) and finished units in its state.json.
 The result, results/omniglot-cpu.json, says "complete": false until every unit is done.
@@ -33,6 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -65,10 +73,19 @@ FINETUNE_STEPS, FINETUNE_LR = 5, 0.01
 IMAGES_PER_BATCH = 2000  # evaluation tasks per call: about this many images
 
 
-def config_for(name: str, shots: int, episodes: int, smoke: bool) -> RunConfig:
-    overrides = [f"tasks.shots={shots}", f"tasks.ways={TRAIN_WAYS}",
+PUBLISHED_WAYS, PUBLISHED_VAL_EVERY, PUBLISHED_VAL_TASKS = 60, 1000, 200
+
+
+def config_for(name: str, shots: int, episodes: int, smoke: bool,
+               published: bool = False) -> RunConfig:
+    ways = PUBLISHED_WAYS if published else TRAIN_WAYS
+    val_every = min(PUBLISHED_VAL_EVERY, episodes) if published else max(episodes // 8, 1)
+    overrides = [f"tasks.shots={shots}", f"tasks.ways={ways}",
                  f"tasks.queries={TRAIN_QUERIES}", f"train.steps={episodes}",
-                 f"train.val_every={max(episodes // 8, 1)}"]
+                 f"train.val_every={val_every}"]
+    if published:
+        # a fixed-size head (first-order MAML) needs one output per training way
+        overrides += [f"target.num_classes={ways}", f"train.val_tasks={PUBLISHED_VAL_TASKS}"]
     if smoke:
         overrides.append("train.val_tasks=10")
     return RunConfig.from_file(ROOT / "configs" / f"omniglot_{name}.yaml", overrides)
@@ -97,10 +114,12 @@ def accuracy(predict: Callable[[Episode], Tensor], episodes: Episode) -> dict[st
 
 class Benchmark(ResumableBenchmark):
     def __init__(self, args: argparse.Namespace) -> None:
-        super().__init__(args, "omniglot")
+        self.published = args.recipe == "published"
+        super().__init__(args, "omniglot-published" if self.published else "omniglot")
+        self.train_ways = PUBLISHED_WAYS if self.published else TRAIN_WAYS
 
     def train(self, name: str, shots: int, episodes: int, run: str) -> Any:
-        config = config_for(name, shots, episodes, self.smoke)
+        config = config_for(name, shots, episodes, self.smoke, self.published)
         return train_in_chunks(config, self.runs / run, self.deadline,
                                chunk=min(250, episodes))
 
@@ -153,9 +172,11 @@ class Benchmark(ResumableBenchmark):
                                         finetune_steps=self.state["selection"]["finetune_steps"])
             learner.finetune_lr = FINETUNE_LR
         sets = test_sets(self.args.data_dir, shots, self.args.test_tasks)
+        if self.published:  # one 1-shot-trained model answers the 1-shot and 5-shot cells
+            sets.update(test_sets(self.args.data_dir, 5, self.args.test_tasks))
         out = {"method": method, "config": name, "shots": shots, "content_id": cid,
                "steps_done": result.steps_done, "best_step": result.best_step,
-               "train_images": result.steps_done * TRAIN_WAYS * (shots + TRAIN_QUERIES),
+               "train_images": result.steps_done * self.train_ways * (shots + TRAIN_QUERIES),
                "train_seconds": result.train_seconds,
                "test": {k: accuracy(predict, episodes) for k, episodes in sets.items()}}
         self.state.setdefault("units", {})[key] = out
@@ -189,7 +210,14 @@ def learning_curve(run_dir: Path) -> list[list[float]]:
     return [[row["step"], round(100 * row["val"], 2)] for row in rows if "val" in row]
 
 
-def summary(units: dict[str, Any], selection: dict[str, Any] | None) -> dict[str, Any]:
+def progress(run_dir: Path) -> dict[str, Any]:
+    """How far an unfinished run is: episodes done and its learning curve so far."""
+    curve = learning_curve(run_dir)
+    return {"val_curve": curve, "episodes_done": curve[-1][0] if curve else 0}
+
+
+def summary(units: dict[str, Any], selection: dict[str, Any] | None,
+            shared_model: bool = False) -> dict[str, Any]:
     acc: dict[str, Any] = {}
     ci: dict[str, Any] = {}
     for w in WAYS:
@@ -197,7 +225,7 @@ def summary(units: dict[str, Any], selection: dict[str, Any] | None) -> dict[str
             cell = f"{w}w{k}s"
             acc[cell], ci[cell] = {}, {}
             for method in METHODS:
-                unit = units.get(f"{method}-k{k}")
+                unit = units.get(f"{method}-k{1 if shared_model else k}")
                 if unit is not None:
                     acc[cell][method] = round(unit["test"][cell]["mean"], 2)
                     ci[cell][method] = round(unit["test"][cell]["ci95"], 2)
@@ -211,7 +239,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=os.environ.get("HYPERMETA_DATA"),
                         help="folder holding omniglot/ (default: $HYPERMETA_DATA)")
-    parser.add_argument("--episodes", type=int, default=2000, help="training episodes per run")
+    parser.add_argument("--recipe", choices=("short", "published"), default="short",
+                        help="short: the 20-way 2,000-episode protocol; published: 60-way "
+                             "episodes, a longer schedule, one 1-shot model per method")
+    parser.add_argument("--episodes", type=int, default=None,
+                        help="training episodes per run (short: 2,000; published: 12,000)")
     parser.add_argument("--episodes-5shot", type=int, default=1000,
                         help="training episodes per 5-shot run (5-shot episodes hold more "
                              "images)")
@@ -220,8 +252,13 @@ def main() -> None:
     parser.add_argument("--val-tasks", type=int, default=200)
     parser.add_argument("--budget-minutes", type=float, default=9.0)
     parser.add_argument("--repeats", type=int, default=30, help="latency repeats")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    published = args.recipe == "published"
+    if args.episodes is None:
+        args.episodes = 12000 if published else 2000
     if args.data_dir is None:
         parser.error("pass --data-dir or set HYPERMETA_DATA (the folder holding omniglot/)")
     os.environ["HYPERMETA_DATA"] = args.data_dir  # the run configs stay machine-independent
@@ -230,21 +267,28 @@ def main() -> None:
         args.test_tasks = 20
         args.val_tasks, args.repeats = 20, 3
     bench = Benchmark(args)
+    if published:  # the short protocol's choice on val characters
+        bench.state.setdefault("selection", {"variant": "film", "finetune_steps": 0,
+                                             "chosen_by": "omniglot-cpu.json (short "
+                                                          "protocol, val characters)"})
     variant = bench.select()
     units: dict[str, Any] = {}
     if variant is not None:
-        for shots in SHOTS:
+        for shots in (1,) if published else SHOTS:
             for method in METHODS:
                 unit = bench.unit(method, shots, variant)
                 if unit is not None:
                     units[f"{method}-k{shots}"] = unit
-    complete = len(units) == len(SHOTS) * len(METHODS)
+    complete = len(units) == (1 if published else len(SHOTS)) * len(METHODS)
     payload: dict[str, Any] = {
-        "benchmark": "omniglot", "complete": complete,
+        "benchmark": "omniglot", "recipe": args.recipe, "complete": complete,
         "protocol": {"splits": "vinyals (train 1028 / val 172 / test 423 characters, x4 "
-                               "rotations)", "train_ways": TRAIN_WAYS,
+                               "rotations)", "train_ways": bench.train_ways,
                      "train_queries": TRAIN_QUERIES,
-                     "train_episodes": {"1shot": args.episodes, "5shot": args.episodes_5shot},
+                     "train_episodes": {"1shot": args.episodes} if published else
+                     {"1shot": args.episodes, "5shot": args.episodes_5shot},
+                     "shared_model": published, "schedule": "cosine, Adam 1e-3",
+                     "trainval_retraining": False,
                      "meta_batch": 1, "select_episodes": args.select_episodes,
                      "test_queries_per_class": TEST_QUERIES, "test_tasks": args.test_tasks,
                      "val_tasks": args.val_tasks,
@@ -256,14 +300,19 @@ def main() -> None:
         "units": units,
         "learning_curves": {key: learning_curve(bench.runs / key) for key in units},
         "environment": environment([0]),
+        "cpu_hours": {k: round(u["train_seconds"] * args.threads / 3600, 3)
+                      for k, u in units.items()},
+        "progress": {key: progress(bench.runs / key) for key in
+                     (f"{m}-k1" for m in METHODS) if key not in units},
     }
     if complete:
         payload["latency_ms_5w1s"] = bench.latency()
-    payload["summary"] = summary(units, bench.state.get("selection"))
+    payload["summary"] = summary(units, bench.state.get("selection"), shared_model=published)
     if complete:
         lat = payload["latency_ms_5w1s"]
         payload["summary"]["adapt_ms"] = {k: round(v, 2) for k, v in lat.items()}
-    path = write_result(result_path("omniglot", "cpu", smoke=args.smoke), payload)
+    path = write_result(result_path("omniglot", "published-cpu" if published else "cpu",
+                                    smoke=args.smoke), payload)
     print(json.dumps(payload["summary"], indent=1))
     print(f"{'complete' if complete else 'INCOMPLETE (run again to resume)'}: {path}")
 
