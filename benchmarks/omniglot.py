@@ -22,7 +22,8 @@ training episodes as in Snell et al. (5 queries per class), ``--episodes`` (defa
 method with a cosine learning-rate schedule, validation on 200 20-way 1-shot val episodes every
 1,000 episodes (best checkpoint kept; train characters only, no trainval retraining), and one
 1-shot-trained model per method evaluated in all four cells. The hypernet variant is the one the
-short protocol chose on val (``film``, no fine-tuning). Results: results/omniglot-published-cpu.json.
+short protocol chose on val (``film``, no fine-tuning).
+Results: results/omniglot-published-cpu.json.
 
 Each call works for at most --budget-minutes (default 9), training in chunks of 250 episodes;
 runs live in benchmarks/runs/omniglot/ (git-ignored) and finished units in its state.json.
