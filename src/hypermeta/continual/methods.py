@@ -119,6 +119,8 @@ class HyperCL(ContinualLearner):
         >>> learner.logits(x, task=3).shape        # [N, 10]
     """
 
+    anchors: Tensor
+
     def __init__(self, module: nn.Module, num_tasks: int, *, beta: float = 0.01,
                  embedding_dim: int = 32, chunk_size: int = 2000, chunk_dim: int = 32,
                  hidden: Sequence[int] = (100, 100), generate: str | list[str] = "all") -> None:
@@ -138,7 +140,8 @@ class HyperCL(ContinualLearner):
         ids = torch.as_tensor(tasks, dtype=torch.long, device=self.anchors.device)
         for t in ids.tolist():
             _check_task(t, self.num_tasks)
-        return self.hypernet(self.embedding.embedding(ids))
+        params: dict[str, Tensor] = self.hypernet(self.embedding.embedding(ids))
+        return params
 
     def flat(self, tasks: Sequence[int]) -> Tensor:
         """Generated parameters of ``tasks`` as ``[T, P]``."""
@@ -212,6 +215,10 @@ class EWC(MultiHead):
     each task's diagonal Fisher (labels sampled from the model) and ``theta*`` the weights after
     the last task."""
 
+    fisher: Tensor
+    anchor: Tensor
+    learned: Tensor
+
     def __init__(self, module: nn.Module, num_tasks: int, *, lam: float = 100.0,
                  fisher_samples: int = 600) -> None:
         super().__init__(module, num_tasks)
@@ -255,6 +262,14 @@ class SI(MultiHead):
     """Synaptic intelligence: ``c * sum_i Omega_i (theta_i - theta*_i)^2``, ``Omega`` summing
     each task's ``omega_i / (delta_i^2 + xi)`` (``omega``: path integral of -grad x update,
     ``delta``: the task's total change of ``theta_i``)."""
+
+    importance: Tensor
+    anchor: Tensor
+    path: Tensor
+    start: Tensor
+    before: Tensor
+    grad: Tensor
+    learned: Tensor
 
     def __init__(self, module: nn.Module, num_tasks: int, *, c: float = 0.1,
                  xi: float = 1e-3) -> None:

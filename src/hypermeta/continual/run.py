@@ -199,8 +199,10 @@ def summarize(matrix: list[list[float | None]]) -> dict[str, float | None]:
     n = len(matrix)
     diag = [matrix[j][j] for j in range(n - 1)]
     bwt = None
-    if n > 1 and all(d is not None for d in diag) and all(v is not None for v in matrix[-1]):
-        bwt = sum(float(matrix[-1][j]) - float(diag[j]) for j in range(n - 1)) / (n - 1)  # type: ignore[arg-type]
+    if n > 1 and len(last) == n:
+        pairs = [(a, b) for a, b in zip(last, diag) if b is not None]
+        if len(pairs) == n - 1:
+            bwt = sum(a - b for a, b in pairs) / (n - 1)
     return {"acc": sum(last) / len(last) if last else None, "bwt": bwt}
 
 
@@ -249,7 +251,7 @@ def learn_task(learner: ContinualLearner, scenario: Scenario, task: int, *, step
             raise FloatingPointError(f"the loss of task {t} became {float(loss)} at step {step}: "
                                      "lower the learning rate or the penalty strength")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         learner.after_backward(t)
         opt.step()
         learner.after_step(t)
@@ -261,10 +263,11 @@ def learn_task(learner: ContinualLearner, scenario: Scenario, task: int, *, step
 
 def train_continual(config: ContinualConfig, run_dir: str | Path, *,
                     scenario: Scenario | None = None, max_tasks: int | None = None,
-                    progress: bool = False) -> ContinualResult:
+                    max_seconds: float | None = None, progress: bool = False) -> ContinualResult:
     """Learn the scenario's tasks in order (``joint``: all at once), checkpointing after each
     task; a rerun on the same folder resumes at the next task. ``max_tasks``: stop after this
-    many tasks in this call."""
+    many tasks in this call; ``max_seconds``: stop after the first task that ends past it."""
+    call_started = time.perf_counter()
     run_dir = Path(run_dir)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -291,7 +294,8 @@ def train_continual(config: ContinualConfig, run_dir: str | Path, *,
     phases = 1 if c.method == "joint" else n
     bar = _progress(progress, phases * c.steps_per_task, done * c.steps_per_task)
     calls = 0
-    while done < phases and (max_tasks is None or calls < max_tasks):
+    while done < phases and (max_tasks is None or calls < max_tasks) and (
+            max_seconds is None or time.perf_counter() - call_started < max_seconds):
         started = time.perf_counter()
         joint = c.method == "joint"
         learn_task(learner, scenario, done, steps=c.steps_per_task * (n if joint else 1),
@@ -367,8 +371,8 @@ def plot_matrix(matrix: list[list[float | None]], out: str | Path, title: str = 
     n = len(matrix)
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for j in range(n):
-        xs = [i + 1 for i in range(n) if matrix[i][j] is not None]
-        ys = [matrix[i][j] for i in range(n) if matrix[i][j] is not None]
+        points = [(i + 1, v) for i in range(n) if (v := matrix[i][j]) is not None]
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
         if xs:
             ax.plot(xs, ys, marker="o", ms=3, label=f"task {j + 1}")
     ax.set_xlabel("after learning task")
