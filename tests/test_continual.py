@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,6 +42,7 @@ from hypermeta.continual.methods import ContinualLearner
 from hypermeta.networks import MLP
 
 DIM, CLASSES = 8, 3
+DATA = os.environ.get("HYPERMETA_DATA")
 
 
 def tiny_scenario(num_tasks: int = 3, n: int = 120, seed: int = 0):
@@ -348,3 +351,17 @@ def test_cli_trains_a_continual_config_and_refuses_max_steps(tmp_path):
     assert (out / "accuracy.png").is_file() and (out / "results.json").is_file()
     refused = runner.invoke(app, ["train", str(config), "--out", str(out), "--max-steps", "3"])
     assert refused.exit_code != 0 and "--max-minutes" in refused.output
+
+
+
+@pytest.mark.skipif(DATA is None or not (Path(DATA) / "omniglot" / "omniglot.npz").is_file(),
+                    reason="set HYPERMETA_DATA to the folder holding omniglot/ (make test does)")
+def test_omniglot_alphabets_are_a_task_sequence():
+    scenario = make_scenario("omniglot_alphabets", 20, data_dir=DATA)
+    assert len(scenario) == 20 and scenario.input_dim == 784
+    for task in scenario.tasks:  # 15 drawings of each character train, 5 test
+        assert len(task.y_train) == 15 * task.classes and len(task.y_test) == 5 * task.classes
+        assert torch.equal(torch.bincount(task.y_test), torch.full((task.classes,), 5))
+    assert scenario.outputs == max(t.classes for t in scenario.tasks) >= 40
+    assert len({t.name for t in scenario.tasks}) == 20
+    check_scenario(scenario)
