@@ -282,8 +282,7 @@ def train_continual(config: ContinualConfig, run_dir: str | Path, *,
     ckpt = run_dir / CHECKPOINT
     if ckpt.exists():
         model, _, meta = load_checkpoint(ckpt)
-        if json.loads(meta["config"] if isinstance(meta["config"], str)
-                      else json.dumps(meta["config"])) != json.loads(config.to_json()):
+        if meta["config"] != json.loads(config.to_json()):
             raise CheckpointError(f"{run_dir} holds a run of another config; use a new --out "
                                   "folder or the same config")
         learner.load_state_dict(model)
