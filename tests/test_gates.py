@@ -12,6 +12,8 @@ from hypermeta import (
     MLPHyperNet,
     ResMLP,
     SetEncoder,
+    TransformerNet,
+    build_network,
 )
 from hypermeta.gates import binary_gates, count_flops, gate_values, structure_cost, unit_logits
 from tests.helpers import random_params, task
@@ -40,8 +42,9 @@ def test_gates_are_exactly_binary_at_evaluation_and_relaxed_in_training():
 @pytest.mark.parametrize("mode", ["units", "width"])
 @pytest.mark.parametrize("net, x_shape", [(lambda: MLP(2, 3, hidden=(16, 12)), (2,)),
                                           (lambda: Conv4(hidden=8), (1, 28, 28)),
-                                          (lambda: ResMLP(2, 3, 8, (16, 12, 10)), (2,))],
-                         ids=["mlp", "conv4", "resmlp"])
+                                          (lambda: ResMLP(2, 3, 8, (16, 12, 10)), (2,)),
+                                          (lambda: TransformerNet(4, 3, 16, 4, 2, 12), (6, 4))],
+                         ids=["mlp", "conv4", "resmlp", "transformer"])
 def test_pruned_network_equals_gated_output_and_is_smaller(net, x_shape, mode):
     full = net()
     target = FunctionalTarget(full, gates=True, gate_mode=mode).double().eval()
@@ -139,6 +142,30 @@ def test_whole_residual_blocks_close_and_are_removed():
     torch.testing.assert_close(small(x[0]), target(params, x)[0])
     params["blocks.0.gate"] = params["blocks.2.gate"] = params["blocks.1.gate"]
     empty = target.materialize(task(params, 0))  # every block closed: stem + head remain
+    assert len(empty.blocks) == 0
+    torch.testing.assert_close(empty(x[0]), target(params, x)[0])
+
+
+def test_transformer_layers_and_heads_close_and_are_removed():
+    net = TransformerNet(4, 3, d_model=16, nhead=4, num_layers=2, dim_ff=12)
+    target = FunctionalTarget(net, gates=True).double().eval()
+    names = [n for n, k in zip(target.spec.names, target.spec.kinds) if k == "gate"]
+    assert names == ["blocks.0.heads.gate", "blocks.0.ff1.gate", "blocks.1.heads.gate",
+                     "blocks.1.ff1.gate", "blocks.0.delta.gate", "blocks.1.delta.gate"]
+    params = gated_params(target, 1)
+    params["blocks.0.delta.gate"] = torch.full((1, 1), -3.0, dtype=torch.float64)  # layer 0 off
+    params["blocks.1.delta.gate"] = torch.full((1, 1), 3.0, dtype=torch.float64)
+    params["blocks.1.heads.gate"] = torch.tensor([[-2.0, 3.0, -1.0, -4.0]], dtype=torch.float64)
+    params["blocks.1.ff1.gate"] = torch.full((1, 12), 2.0, dtype=torch.float64)
+    x = torch.randn(1, 5, 6, 4, dtype=torch.float64)
+    small = target.materialize(task(params, 0))
+    assert len(small.blocks) == 1 and small.blocks[0].nhead == 1
+    assert small.blocks[0].head_dim == 4 and small.blocks[0].ff1.out_features == 12
+    torch.testing.assert_close(small(x[0]), target(params, x)[0])
+    rebuilt = build_network(small.config)  # a pruned config is a valid config
+    assert isinstance(rebuilt, TransformerNet) and rebuilt.config == small.config
+    params["blocks.1.delta.gate"] = params["blocks.0.delta.gate"]
+    empty = target.materialize(task(params, 0))  # every layer closed: embed, pool, head remain
     assert len(empty.blocks) == 0
     torch.testing.assert_close(empty(x[0]), target(params, x)[0])
 

@@ -1,6 +1,7 @@
 """Structure generation: per-task gates over units / channels, and pruning on materialize.
 
-A gated target has, per gate site (``module.gate_sites()``: MLP hidden units, Conv4 channels), a
+A gated target has, per gate site (``module.gate_sites()``: MLP hidden units, Conv4 channels,
+Transformer heads, feed-forward units and layers), a
 generated tensor of gate *logits* (``log alpha``, spec kind ``"gate"``). Gates follow the
 hard-concrete / L0 relaxation of Louizos, Welling & Kingma, "Learning Sparse Neural Networks
 through L0 Regularization" (ICLR 2018): in training a gate is a stretched, clamped binary-concrete
@@ -113,7 +114,8 @@ class Gates(Part):
             extra loss; the cost is still reported by ``structure_cost``).
 
     The module it is installed on needs ``gate_sites()`` and ``pruned(masks)`` (the built-in
-    ``MLP``, ``ResMLP`` and ``Conv4``); ``merge`` returns the genuinely smaller network.
+    ``MLP``, ``ResMLP``, ``Conv4`` and ``TransformerNet``: heads, feed-forward units, whole
+    layers); ``merge`` returns the genuinely smaller network.
     """
 
     def __init__(self, mode: GateMode = "units", *, sparsity: float = 0.0) -> None:
@@ -132,7 +134,8 @@ class Gates(Part):
         sites = getattr(module, "gate_sites", None)
         if sites is None or not hasattr(module, "pruned"):
             raise ValueError(f"gates=True needs a target with gate_sites() and pruned(); "
-                             f"{type(module).__name__} has none (built-in mlp and conv4 do)")
+                             f"{type(module).__name__} has none (built-in mlp, resmlp, conv4 and "
+                             "transformer do)")
         for site in sites():
             owner = module.get_submodule(site.module)
             register_placeholder(owner, GATE_SUFFIX)

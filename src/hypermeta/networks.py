@@ -335,49 +335,130 @@ class LSTMNet(_Recurrent):
 
 
 class _Block(nn.Module):
-    """Pre-norm transformer encoder block with explicit attention (vmap-friendly)."""
+    """Pre-norm transformer encoder block with explicit attention (vmap-friendly).
 
-    def __init__(self, d_model: int, nhead: int, dim_ff: int) -> None:
+    ``heads`` (an identity on ``[N, heads, L, head_dim]``) and ``ff1`` (the feed-forward units)
+    are gate sites; ``delta`` (an identity on the block's whole residual update ``out - x``) is
+    the closable site that removes the layer. ``head_dim`` defaults to ``d_model // nhead``; a
+    pruned block keeps its heads' width with fewer heads."""
+
+    def __init__(self, d_model: int, nhead: int, dim_ff: int, head_dim: int | None = None) -> None:
         super().__init__()
         self.nhead = nhead
+        self.head_dim = head_dim if head_dim is not None else d_model // nhead
+        inner = nhead * self.head_dim
         self.norm1 = nn.LayerNorm(d_model)
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.proj = nn.Linear(d_model, d_model)
+        self.qkv = nn.Linear(d_model, 3 * inner)
+        self.heads = nn.Identity()
+        self.proj = nn.Linear(inner, d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.ff1 = nn.Linear(d_model, dim_ff)
         self.ff2 = nn.Linear(dim_ff, d_model)
+        self.delta = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        n, length, d = x.shape
+        n, length, _ = x.shape
+        inner = self.nhead * self.head_dim
         q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
-        # (N, heads, L, d/heads) each
-        q, k, v = (t.reshape(n, length, self.nhead, d // self.nhead).transpose(1, 2)
+        # (N, heads, L, head_dim) each
+        q, k, v = (t.reshape(n, length, self.nhead, self.head_dim).transpose(1, 2)
                    for t in (q, k, v))
-        att = torch.softmax(q @ k.transpose(-1, -2) / (d // self.nhead) ** 0.5, dim=-1)
-        x = x + self.proj((att @ v).transpose(1, 2).reshape(n, length, d))
-        out: Tensor = x + self.ff2(F.gelu(self.ff1(self.norm2(x))))
+        att = torch.softmax(q @ k.transpose(-1, -2) / self.head_dim ** 0.5, dim=-1)
+        mixed = self.heads(att @ v)
+        h = x + self.proj(mixed.transpose(1, 2).reshape(n, length, inner))
+        h = h + self.ff2(F.gelu(self.ff1(self.norm2(h))))
+        out: Tensor = x + self.delta(h - x)
         return out
 
 
 class TransformerNet(nn.Module):
-    """Small transformer encoder, sequences ``[N, L, in_dim]`` -> ``[N, out_dim]`` (mean pool)."""
+    """Small transformer encoder, sequences ``[N, L, in_dim]`` -> ``[N, out_dim]`` (mean pool).
 
-    def __init__(self, in_dim: int, out_dim: int, d_model: int = 32, nhead: int = 2,
-                 num_layers: int = 1, dim_ff: int = 64, max_len: int = 64) -> None:
+    ``nhead`` and ``dim_ff`` may be per-layer lists (a pruned network's layers differ);
+    ``head_dim`` defaults to ``d_model // nhead``. Gate sites (``gates=True``): every layer's
+    attention heads and feed-forward units, and every whole layer (closable: a closed layer is
+    removed, the residual path remains), so a task can get fewer layers and heads.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, d_model: int = 32,
+                 nhead: int | Sequence[int] = 2, num_layers: int = 1,
+                 dim_ff: int | Sequence[int] = 64, max_len: int = 64,
+                 head_dim: int | None = None) -> None:
         super().__init__()
-        _positive(in_dim=in_dim, out_dim=out_dim, d_model=d_model, nhead=nhead,
-                  num_layers=num_layers, dim_ff=dim_ff, max_len=max_len)
-        if d_model % nhead:
-            raise ValueError(f"d_model={d_model} must be divisible by nhead={nhead}")
+        heads = [nhead] * num_layers if isinstance(nhead, int) else [int(h) for h in nhead]
+        ffs = [dim_ff] * num_layers if isinstance(dim_ff, int) else [int(f) for f in dim_ff]
+        _positive(in_dim=in_dim, out_dim=out_dim, d_model=d_model, max_len=max_len,
+                  nhead=heads or [1], dim_ff=ffs or [1])
+        if num_layers < 0 or len(heads) != num_layers or len(ffs) != num_layers:
+            raise ValueError(f"nhead and dim_ff lists need num_layers={num_layers} entries; got "
+                             f"{nhead!r}, {dim_ff!r}")
+        if head_dim is None and any(d_model % h for h in heads):
+            raise ValueError(f"d_model={d_model} must be divisible by nhead={nhead} (or pass "
+                             "head_dim)")
+        if head_dim is not None:
+            _positive(head_dim=head_dim)
         self.embed = nn.Linear(in_dim, d_model)
         self.position = nn.Parameter(torch.randn(max_len, d_model) * 0.02)
-        self.blocks = nn.Sequential(*[_Block(d_model, nhead, dim_ff) for _ in range(num_layers)])
+        self.blocks = nn.Sequential(*[_Block(d_model, h, f, head_dim)
+                                      for h, f in zip(heads, ffs)])
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, out_dim)
         self.max_len = max_len
-        self.config = {"name": "transformer", "in_dim": in_dim, "out_dim": out_dim,
-                       "d_model": d_model, "nhead": nhead, "num_layers": num_layers,
-                       "dim_ff": dim_ff, "max_len": max_len}
+        self.config: dict[str, Any] = {
+            "name": "transformer", "in_dim": in_dim, "out_dim": out_dim, "d_model": d_model,
+            "nhead": nhead if isinstance(nhead, int) else heads, "num_layers": num_layers,
+            "dim_ff": dim_ff if isinstance(dim_ff, int) else ffs, "max_len": max_len}
+        if head_dim is not None:
+            self.config["head_dim"] = head_dim
+
+    def _layers(self) -> list[_Block]:
+        return [cast(_Block, b) for b in self.blocks]
+
+    def gate_sites(self) -> list[GateSite]:
+        """Every layer's attention heads and feed-forward units, then every whole layer."""
+        sites = []
+        for i, block in enumerate(self._layers()):
+            sites += [GateSite(f"blocks.{i}.heads", block.nhead, 1),
+                      GateSite(f"blocks.{i}.ff1", block.ff1.out_features, -1)]
+        return sites + [GateSite(f"blocks.{i}.delta", 1, -1, closable=True)
+                        for i in range(len(self.blocks))]
+
+    @torch.no_grad()
+    def pruned(self, masks: dict[str, Tensor]) -> TransformerNet:
+        """A smaller TransformerNet without the closed layers, heads and feed-forward units
+        (same outputs)."""
+        layers = self._layers()
+        kept = [i for i in range(len(layers)) if bool(masks[f"blocks.{i}.delta"].any())]
+        heads = {i: masks[f"blocks.{i}.heads"].bool() for i in kept}
+        ffs = {i: masks[f"blocks.{i}.ff1"].bool() for i in kept}
+        cfg = self.config
+        head_dim = layers[0].head_dim if layers else cfg.get("head_dim")
+        small = TransformerNet(cfg["in_dim"], cfg["out_dim"], cfg["d_model"],
+                               [int(heads[i].sum()) for i in kept], len(kept),
+                               [int(ffs[i].sum()) for i in kept], cfg["max_len"],
+                               head_dim=head_dim).to(self.head.weight)
+        for name in ("embed", "norm", "head"):
+            cast(nn.Module, getattr(small, name)).load_state_dict(
+                cast(nn.Module, getattr(self, name)).state_dict())
+        small.position.copy_(self.position)
+        for new, i in zip(small._layers(), kept):
+            old = layers[i]
+            d = old.head_dim
+            cols = torch.arange(old.nhead * d, device=heads[i].device).reshape(old.nhead, d)
+            keep = cols[heads[i]].reshape(-1)  # this layer's kept head dimensions
+            inner = old.nhead * d
+            rows = torch.cat([keep, keep + inner, keep + 2 * inner])  # q, k and v rows
+            new.qkv.weight.copy_(old.qkv.weight[rows])
+            new.qkv.bias.copy_(old.qkv.bias[rows])
+            new.proj.weight.copy_(old.proj.weight[:, keep])
+            new.proj.bias.copy_(old.proj.bias)
+            new.ff1.weight.copy_(old.ff1.weight[ffs[i]])
+            new.ff1.bias.copy_(old.ff1.bias[ffs[i]])
+            new.ff2.weight.copy_(old.ff2.weight[:, ffs[i]])
+            new.ff2.bias.copy_(old.ff2.bias)
+            new.norm1.load_state_dict(old.norm1.state_dict())
+            new.norm2.load_state_dict(old.norm2.state_dict())
+        return small.train(self.training)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.embed(x) + self.position[: x.shape[1]]
