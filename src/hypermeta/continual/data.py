@@ -229,11 +229,12 @@ def make_scenario(name: str, num_tasks: int | None = None, *, data_dir: str | Pa
     set by that fraction of its training set (for choosing hyperparameters; the test set is
     never touched)."""
     if name == "permuted_fmnist":
-        scenario = permuted(load_fashion_mnist(data_dir), num_tasks or 10, seed, "permuted_fmnist")
+        scenario = permuted(load_fashion_mnist(data_dir), _count(num_tasks, 10), seed,
+                           "permuted_fmnist")
     elif name == "split_fmnist":
-        scenario = split(load_fashion_mnist(data_dir), num_tasks or 5, "split_fmnist")
+        scenario = split(load_fashion_mnist(data_dir), _count(num_tasks, 5), "split_fmnist")
     elif name == "split_mnist5k":
-        scenario = split(load_mnist5k(data_dir), num_tasks or 5, "split_mnist5k")
+        scenario = split(load_mnist5k(data_dir), _count(num_tasks, 5), "split_mnist5k")
     elif name == "omniglot_alphabets":
         scenario = omniglot_alphabets(data_dir, num_tasks)
     else:
@@ -268,7 +269,7 @@ def check_scenario(scenario: Scenario) -> None:
                                  ("test", task.x_test, task.y_test)):
             if len(x) == 0:
                 raise ValueError(f"{where}: its {split_name} set is empty")
-            if x.dim() != 2 or x.shape[1] != dim or len(x) != len(y):
+            if x.dim() != 2 or x.shape[1] != dim or y.dim() != 1 or len(x) != len(y):
                 raise ValueError(f"{where}: {split_name} inputs {list(x.shape)} / labels "
                                  f"{list(y.shape)}; expected [N, {dim}] and [N]")
             if not torch.isfinite(x).all():
@@ -276,6 +277,10 @@ def check_scenario(scenario: Scenario) -> None:
             if y.is_floating_point() or int(y.min()) < 0 or int(y.max()) >= task.classes:
                 raise ValueError(f"{where}: {split_name} labels must be integers in "
                                  f"0..{task.classes - 1}")
+
+
+def _count(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def _check_count(value: int, what: str) -> None:

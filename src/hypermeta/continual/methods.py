@@ -73,7 +73,11 @@ class ContinualLearner(nn.Module):
 
     def loss(self, x: Tensor, y: Tensor, task: int, classes: int) -> Tensor:
         _check_task(task, self.num_tasks)
-        task_loss = F.cross_entropy(self.logits(x, task)[:, :classes], y)
+        logits = self.logits(x, task)
+        if logits.shape[-1] < classes:
+            raise ValueError(f"task {task} has {classes} classes but the network emits "
+                             f"{logits.shape[-1]} logits: widen its output layer")
+        task_loss = F.cross_entropy(logits[:, :classes], y)
         extra = self.penalty(task)
         return task_loss if extra is None else task_loss + extra
 
@@ -95,7 +99,8 @@ class ContinualLearner(nn.Module):
         """Called after the last step on ``task`` with (a sample of) its training data."""
 
     def parameter_count(self) -> int:
-        """Stored parameters after the whole sequence (what a user has to keep)."""
+        """Trainable parameters: what a user keeps to run every learned task (the penalty's
+        buffers, needed only to learn further tasks, are not counted)."""
         return count_parameters(self)
 
 
@@ -260,8 +265,9 @@ class EWC(MultiHead):
 
 class SI(MultiHead):
     """Synaptic intelligence: ``c * sum_i Omega_i (theta_i - theta*_i)^2``, ``Omega`` summing
-    each task's ``omega_i / (delta_i^2 + xi)`` (``omega``: path integral of -grad x update,
-    ``delta``: the task's total change of ``theta_i``)."""
+    each task's ``omega_i / (delta_i^2 + xi)`` (``omega``: path integral of -grad x update with
+    the gradient of the task loss alone, ``delta``: the task's total change of ``theta_i``), as
+    in Zenke et al. 2017 (no clipping of ``omega``)."""
 
     importance: Tensor
     anchor: Tensor
@@ -295,10 +301,13 @@ class SI(MultiHead):
 
     def after_backward(self, task: int) -> None:
         with torch.no_grad():
+            now = self._vector()
             self.grad.copy_(torch.cat([
                 (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
                 for p in self.parameters()]))
-            self.before.copy_(self._vector())
+            if int(self.learned) and self.c:  # the path integral uses the task loss alone
+                self.grad -= 2 * self.c * self.importance * (now - self.anchor)
+            self.before.copy_(now)
 
     def after_step(self, task: int) -> None:
         with torch.no_grad():
@@ -308,7 +317,7 @@ class SI(MultiHead):
                  generator: torch.Generator) -> None:
         with torch.no_grad():
             now = self._vector()
-            self.importance += self.path.clamp(min=0) / ((now - self.start).pow(2) + self.xi)
+            self.importance += self.path / ((now - self.start).pow(2) + self.xi)
             self.anchor.copy_(now)
             self.learned += 1
 

@@ -235,17 +235,21 @@ def learn_task(learner: ContinualLearner, scenario: Scenario, task: int, *, step
     """``steps`` Adam steps on ``task`` (a fresh optimizer per task, as hypnettorch does), then
     the learner's end-of-task work. ``joint``: every step draws its batch from a random task of
     the whole scenario instead (multi-task training)."""
+    if isinstance(task, bool) or not isinstance(task, int) or not 0 <= task < len(scenario):
+        raise ValueError(f"unknown task {task!r}; the scenario has tasks 0..{len(scenario) - 1}")
     gen = torch.Generator().manual_seed(seed * 100_003 + task)
     learner.train()
     learner.begin_task(task)
     opt = torch.optim.Adam(learner.train_parameters(task), lr=lr)
-    chosen = torch.randint(0, len(scenario), (steps,), generator=gen) if joint else None
-    rows = {t: _batches(len(scenario.tasks[t].y_train), batch_size, steps, gen)
-            for t in (range(len(scenario)) if joint else [task])}
+    rows = None if joint else _batches(len(scenario.tasks[task].y_train), batch_size, steps, gen)
     for step in range(steps):
-        t = int(chosen[step]) if chosen is not None else task
+        if rows is None:  # joint: a random task's batch each step
+            t = int(torch.randint(0, len(scenario), (), generator=gen))
+            n = len(scenario.tasks[t].y_train)
+            idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
+        else:
+            t, idx = task, rows[step]
         data = scenario.tasks[t]
-        idx = rows[t][step]
         loss = learner.loss(data.x_train[idx], data.y_train[idx], t, data.classes)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the loss of task {t} became {float(loss)} at step {step}: "
@@ -266,11 +270,29 @@ def train_continual(config: ContinualConfig, run_dir: str | Path, *,
                     max_seconds: float | None = None, progress: bool = False) -> ContinualResult:
     """Learn the scenario's tasks in order (``joint``: all at once), checkpointing after each
     task; a rerun on the same folder resumes at the next task. ``max_tasks``: stop after this
-    many tasks in this call; ``max_seconds``: stop after the first task that ends past it."""
-    call_started = time.perf_counter()
+    many tasks in this call; ``max_seconds``: stop after the first task that ends past it.
+    ``scenario``: your own task list instead of the config's named one."""
     run_dir = Path(run_dir)
+    threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
+    try:
+        return _train_continual(config, run_dir, scenario, max_tasks, max_seconds, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _same_run(saved: dict[str, Any], config: ContinualConfig) -> bool:
+    """Whether a checkpoint's config is this run's (the thread count may differ)."""
+    mine = json.loads(config.to_json())
+    return {k: v for k, v in saved.items() if k != "threads"} == \
+        {k: v for k, v in mine.items() if k != "threads"}
+
+
+def _train_continual(config: ContinualConfig, run_dir: Path, scenario: Scenario | None,
+                     max_tasks: int | None, max_seconds: float | None,
+                     progress: bool) -> ContinualResult:
+    call_started = time.perf_counter()
     scenario = scenario if scenario is not None else load_scenario(config)
     check_scenario(scenario)
     c = config.continual
@@ -282,7 +304,7 @@ def train_continual(config: ContinualConfig, run_dir: str | Path, *,
     ckpt = run_dir / CHECKPOINT
     if ckpt.exists():
         model, _, meta = load_checkpoint(ckpt)
-        if meta["config"] != json.loads(config.to_json()):
+        if not _same_run(meta["config"], config):
             raise CheckpointError(f"{run_dir} holds a run of another config; use a new --out "
                                   "folder or the same config")
         learner.load_state_dict(model)
@@ -291,7 +313,8 @@ def train_continual(config: ContinualConfig, run_dir: str | Path, *,
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", json.loads(config.to_json()))
     phases = 1 if c.method == "joint" else n
-    bar = _progress(progress, phases * c.steps_per_task, done * c.steps_per_task)
+    per_phase = c.steps_per_task * (n if c.method == "joint" else 1)
+    bar = _progress(progress, phases * per_phase, done * per_phase)
     calls = 0
     while done < phases and (max_tasks is None or calls < max_tasks) and (
             max_seconds is None or time.perf_counter() - call_started < max_seconds):
