@@ -156,12 +156,39 @@ def test_ewc_fisher_equals_per_sample_gradients_and_penalty_vanishes_at_the_anch
     assert float(learner.penalty(1)) > 0
 
 
-def test_si_importance_follows_the_path_and_anchors_at_the_end():
-    learner, scenario = SI(MLP(DIM, CLASSES, (16,)), 3, c=1.0), tiny_scenario()
-    learn_task(learner, scenario, 0, steps=20, batch_size=32, lr=0.01, seed=0)
-    assert (learner.importance >= 0).all() and learner.importance.sum() > 0
+def test_si_path_integral_and_importance_by_hand():
+    torch.manual_seed(0)
+    learner = SI(MLP(DIM, CLASSES, (4,)), 2, c=0.5, xi=0.1)
+    params = list(learner.parameters())
+    learner.begin_task(0)
+    start = learner._vector().clone()
+    path = torch.zeros_like(start)
+    for _ in range(2):  # gradient g, then an update d: path -= g * d
+        g = [torch.randn_like(p) for p in params]
+        for p, gp in zip(params, g):
+            p.grad = gp
+        learner.after_backward(0)
+        d = [0.01 * torch.randn_like(p) for p in params]
+        with torch.no_grad():
+            for p, dp in zip(params, d):
+                p.add_(dp)
+        learner.after_step(0)
+        path -= torch.cat([a.reshape(-1) for a in g]) * torch.cat([b.reshape(-1) for b in d])
+    torch.testing.assert_close(learner.path, path)
+    learner.end_task(0, torch.zeros(1, DIM), torch.zeros(1, dtype=torch.long), CLASSES,
+                     torch.Generator())
+    delta = learner._vector() - start
+    torch.testing.assert_close(learner.importance, path / (delta.pow(2) + 0.1))
     torch.testing.assert_close(learner.anchor, learner._vector())
-    assert float(learner.penalty(1)) == pytest.approx(0.0, abs=1e-12)
+    # on the next task the penalty's own gradient is taken out of the path integral
+    learner.begin_task(1)
+    with torch.no_grad():
+        params[0].add_(0.3)
+    learner.zero_grad()
+    learner.penalty(1).backward()
+    learner.after_backward(1)
+    torch.testing.assert_close(learner.grad, torch.zeros_like(learner.grad), atol=1e-6,
+                               rtol=0)
 
 
 def test_separate_networks_never_forget_and_finetuning_does():
@@ -176,11 +203,27 @@ def test_separate_networks_never_forget_and_finetuning_does():
         assert (not torch.equal(before, learner.logits(x, 0))) == forgets
 
 
-def test_multi_head_baselines_get_a_head_per_task():
-    learner = Finetune(MLP(DIM, CLASSES, (16,)), 3)
+def test_multi_head_baselines_train_only_the_current_head():
+    learner, scenario = Finetune(MLP(DIM, CLASSES, (16,)), 3), tiny_scenario()
     assert len(learner.heads) == 3
-    x = torch.randn(4, DIM)
-    assert not torch.equal(learner.logits(x, 0), learner.logits(x, 1))
+    head0 = [p.detach().clone() for p in learner.heads[0].parameters()]
+    trunk = [p.detach().clone() for p in learner.trunk.parameters()]
+    learn_task(learner, scenario, 1, steps=5, batch_size=32, lr=0.01, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(head0, learner.heads[0].parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(trunk, learner.trunk.parameters()))
+
+
+def test_ewc_fishers_add_up_and_the_anchor_moves():
+    torch.manual_seed(0)
+    learner, scenario = EWC(MLP(DIM, CLASSES, (8,)), 3, lam=1.0, fisher_samples=20), \
+        tiny_scenario()
+    learn_task(learner, scenario, 0, steps=5, batch_size=16, lr=0.01, seed=0)
+    first, anchor = learner.fisher.clone(), learner.anchor.clone()
+    learn_task(learner, scenario, 1, steps=5, batch_size=16, lr=0.01, seed=0)
+    assert int(learner.learned) == 2
+    assert (learner.fisher >= first).all() and (learner.fisher > first).any()
+    assert not torch.equal(learner.anchor, anchor)
+    torch.testing.assert_close(learner.anchor, learner._vector())
 
 
 # ------------------------------------------------------------------------ loop and runs
@@ -207,7 +250,12 @@ def test_train_continual_fills_the_matrix_and_resumes_exactly(tmp_path):
 
 
 def test_joint_training_reports_only_the_final_row_and_no_bwt(tmp_path):
-    result = train_continual(tiny_config("joint"), tmp_path, scenario=tiny_scenario())
+    scenario, steps = tiny_scenario(), []
+    learner = Finetune(MLP(DIM, CLASSES, (16,)), 3)
+    learn_task(learner, scenario, 0, steps=3 * 7, batch_size=8, lr=0.01, seed=0, joint=True,
+               on_step=steps.append)
+    assert len(steps) == 21  # the budget of three tasks of 7 steps
+    result = train_continual(tiny_config("joint"), tmp_path, scenario=scenario)
     assert result.complete and result.bwt is None
     assert all(v is not None for v in result.matrix[-1])
     assert all(v is None for row in result.matrix[:-1] for v in row)
@@ -216,6 +264,10 @@ def test_joint_training_reports_only_the_final_row_and_no_bwt(tmp_path):
 def test_summarize_backward_transfer():
     m = [[90.0, None], [80.0, 70.0]]
     assert summarize(m) == {"acc": 75.0, "bwt": -10.0}
+    m3 = [[90.0, None, None], [85.0, 80.0, None], [70.0, 84.0, 60.0]]
+    out = summarize(m3)
+    assert out["acc"] == pytest.approx(214 / 3)
+    assert out["bwt"] == pytest.approx(((70 - 90) + (84 - 80)) / 2)
 
 
 def test_resume_refuses_another_config_and_truncated_checkpoints(tmp_path):
@@ -365,3 +417,26 @@ def test_omniglot_alphabets_are_a_task_sequence():
     assert scenario.outputs == max(t.classes for t in scenario.tasks) >= 40
     assert len({t.name for t in scenario.tasks}) == 20
     check_scenario(scenario)
+
+
+def test_resume_allows_another_thread_count_and_restores_it(tmp_path):
+    scenario, threads = tiny_scenario(), torch.get_num_threads()
+    train_continual(tiny_config(), tmp_path, scenario=scenario, max_tasks=1)
+    cfg = ContinualConfig.from_dict({**json.loads(tiny_config().to_json()), "threads": 1})
+    result = train_continual(cfg, tmp_path, scenario=scenario)
+    assert result.complete and torch.get_num_threads() == threads
+
+
+def test_learning_refuses_unknown_tasks_narrow_outputs_and_2d_labels():
+    scenario = tiny_scenario()
+    learner = Finetune(MLP(DIM, CLASSES, (16,)), 3)
+    with pytest.raises(ValueError, match="unknown task 3"):
+        learn_task(learner, scenario, 3, steps=1, batch_size=4, lr=0.01, seed=0)
+    narrow = Finetune(MLP(DIM, 2, (16,)), 3)
+    with pytest.raises(ValueError, match="3 classes but the network emits 2 logits"):
+        learn_task(narrow, scenario, 0, steps=1, batch_size=4, lr=0.01, seed=0)
+    x = np.zeros((4, DIM), np.float32)
+    with pytest.raises(ValueError, match=r"labels \[4, 1\]"):
+        scenario_from_arrays("bad", [(x, np.zeros((4, 1), np.int64), x, np.zeros(4, np.int64))])
+    with pytest.raises(ValueError, match="num_tasks must be a positive integer"):
+        make_scenario("split_mnist5k", 0)
