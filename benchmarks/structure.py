@@ -50,7 +50,7 @@ FUNCTIONS = get_tasks("mixed").functions  # the mixed family's functions, easies
 
 
 def config(gated: bool, steps: int, sparsity: float, seed: int,
-           mode: str = "units") -> RunConfig:
+           mode: str = "units", estimator: str = "hard_concrete", warmup: int = 0) -> RunConfig:
     return RunConfig.from_dict({
         "method": "hypernet", "seed": seed,
         "tasks": {"name": "mixed", "shots": 20, "queries": 20},
@@ -58,19 +58,21 @@ def config(gated: bool, steps: int, sparsity: float, seed: int,
         "encoder": {"kind": "set", "dim": 128, "hidden": 256},
         "hypernet": {"kind": "mlp", "hidden": [256]},
         "gates": {"enabled": gated, "sparsity": sparsity if gated else 0.0,
-                  "mode": mode if gated else "units"},
+                  "mode": mode if gated else "units", "estimator": estimator,
+                  "warmup_steps": warmup if gated else 0},
         "train": {"steps": steps, "meta_batch": 25, "lr": 1e-3, "val_every": 1000,
                   "val_tasks": 200},
     })
 
 
 def omniglot_config(gated: bool, steps: int, sparsity: float, seed: int,
-                    mode: str) -> RunConfig:
+                    mode: str, estimator: str = "hard_concrete", warmup: int = 0) -> RunConfig:
     return RunConfig.from_file(ROOT / "configs" / "omniglot_hypernet_film.yaml", [
         "tasks.ways=5", "tasks.shots=1", "tasks.queries=15", f"seed={seed}",
         f"train.steps={steps}", f"train.val_every={max(steps // 4, 1)}",
         f"gates.enabled={str(gated).lower()}", f"gates.sparsity={sparsity if gated else 0.0}",
-        f"gates.mode={mode if gated else 'units'}"])
+        f"gates.mode={mode if gated else 'units'}", f"gates.estimator={estimator}",
+        f"gates.warmup_steps={warmup if gated else 0}"])
 
 
 def run_omniglot(args: argparse.Namespace, tag: str, deadline: float,
@@ -84,7 +86,8 @@ def run_omniglot(args: argparse.Namespace, tag: str, deadline: float,
     for name, gated in (("gated", True), ("ungated", False)):
         run_name = (f"omniglot-gated-{tag}-n{args.steps}" if gated
                     else f"omniglot-ungated-n{args.steps}")
-        conf = omniglot_config(gated, args.steps, args.sparsity, args.seed, args.gate_mode)
+        conf = omniglot_config(gated, args.steps, args.sparsity, args.seed, args.gate_mode,
+                               args.estimator, args.warmup_steps)
         if train_in_chunks(conf, runs / run_name, deadline, chunk=250) is None:
             write_result(path, {"benchmark": "structure", "complete": False, "summary": {},
                                 "environment": env, "config": vars(args)})
@@ -155,6 +158,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gate-mode", choices=["units", "width"], default="units",
                         help="units: a gate logit per unit; width: one open fraction per layer")
+    parser.add_argument("--estimator", choices=["hard_concrete", "deterministic", "ste"],
+                        default="hard_concrete", help="gates in training (gates.estimator)")
+    parser.add_argument("--warmup-steps", type=int, default=0,
+                        help="steps with every gate open and no sparsity cost first")
     parser.add_argument("--family", choices=["mixed", "omniglot"], default="mixed")
     parser.add_argument("--data-dir", default=os.environ.get("HYPERMETA_DATA"),
                         help="for --family omniglot: the folder holding omniglot/")
@@ -166,6 +173,10 @@ def main() -> None:
     deadline = time.time() + 60 * args.budget_minutes
     env = environment([args.seed])
     tag = f"l{args.sparsity:g}" if args.gate_mode == "units" else f"width-l{args.sparsity:g}"
+    if args.estimator != "hard_concrete":
+        tag += f"-{args.estimator}"
+    if args.warmup_steps:
+        tag += f"-w{args.warmup_steps}"
     if args.family == "omniglot":
         if args.data_dir is None:
             parser.error("--family omniglot needs --data-dir or HYPERMETA_DATA")
@@ -179,7 +190,8 @@ def main() -> None:
     for name, gated in (("gated", True), ("ungated", False)):
         run_name = f"gated-{tag}-n{args.steps}" if gated else f"ungated-n{args.steps}"
         run_name += f"-s{args.seed}" if args.seed else ""
-        if train_in_chunks(config(gated, args.steps, args.sparsity, args.seed, args.gate_mode),
+        if train_in_chunks(config(gated, args.steps, args.sparsity, args.seed, args.gate_mode,
+                                  args.estimator, args.warmup_steps),
                            runs / run_name, deadline) is None:
             write_result(path, {"benchmark": "structure", "complete": False, "summary": {},
                                 "environment": env, "config": vars(args)})

@@ -88,6 +88,67 @@ def test_gradients_reach_the_gate_generator():
     assert hyper.head.bias.grad[start:].abs().sum() > 0
 
 
+def test_gate_estimators_in_training_and_evaluation():
+    logits = torch.tensor([[-2.0, -0.5, 0.3, 2.5]], requires_grad=True)
+    det = gate_values(logits, training=True, estimator="deterministic")
+    assert torch.equal(det, gate_values(logits, training=True, estimator="deterministic"))
+    torch.testing.assert_close(det, (torch.sigmoid(logits) * 1.2 - 0.1).clamp(0, 1))
+    ste = gate_values(logits, training=True, estimator="ste")
+    assert torch.equal(ste.detach(), binary_gates(logits).float())  # exact 0/1 forward
+    ste.sum().backward()
+    s = torch.sigmoid(logits.detach())
+    torch.testing.assert_close(logits.grad, s * (1 - s))  # the sigmoid's gradient backward
+    for estimator in ("hard_concrete", "deterministic", "ste"):
+        assert torch.equal(gate_values(logits, training=False, estimator=estimator),
+                           binary_gates(logits).float())
+    with pytest.raises(ValueError, match="gate_estimator"):
+        FunctionalTarget(MLP(1, 1, hidden=(4,)), gates=True, gate_estimator="magic")
+
+
+def test_gates_held_open_pass_everything_and_cost_nothing():
+    target = FunctionalTarget(MLP(2, 1, hidden=(8,)), gates=True, gate_sparsity=1.0).double()
+    params = gated_params(target, 2)
+    params["0.gate"] = -torch.arange(1.0, 9.0, dtype=torch.float64).expand(2, 8)  # one open
+    open_params = {**params, "0.gate": torch.full((2, 8), 9.0, dtype=torch.float64)}
+    x = torch.randn(2, 5, 2, dtype=torch.float64)
+    target.eval()
+    assert not torch.allclose(target(params, x), target(open_params, x))
+    target.hold_gates_open(True)
+    torch.testing.assert_close(target(params, x), target(open_params, x))
+    assert target.extra_loss(params) is None
+    target.hold_gates_open(False)
+    assert target.extra_loss(params) is not None
+
+
+def test_gate_warmup_leaves_the_gate_generator_untouched(tmp_path):
+    from hypermeta.config import RunConfig
+    from hypermeta.runs import load_run
+    from hypermeta.train import fit
+
+    def config(warmup):
+        return RunConfig.from_dict({
+            "method": "hypernet", "tasks": {"name": "sinusoid", "shots": 5},
+            "target": {"name": "mlp", "in_dim": 1, "out_dim": 1, "hidden": [16]},
+            "encoder": {"kind": "set", "dim": 8, "hidden": 16}, "hypernet": {"hidden": [16]},
+            "gates": {"enabled": True, "sparsity": 1.0, "warmup_steps": warmup,
+                      "estimator": "ste"},
+            "train": {"steps": 6, "meta_batch": 2, "val_every": 6, "val_tasks": 4,
+                      "schedule": "constant"}})
+
+    fit(config(0), tmp_path / "init", max_steps=0)
+    start = load_run(tmp_path / "init").learner
+    heads = {}
+    for warmup in (6, 0):
+        fit(config(warmup), tmp_path / str(warmup))
+        model = load_run(tmp_path / str(warmup)).learner
+        first = sum(model.target.spec.sizes()[:-1])  # the gate rows come last
+        heads[warmup] = model.hypernet.head.weight[first:]
+        assert not torch.equal(model.hypernet.head.weight[:first],
+                               start.hypernet.head.weight[:first])  # the rest trained
+    assert torch.equal(heads[6], start.hypernet.head.weight[first:])  # no gate gradient
+    assert not torch.equal(heads[0], start.hypernet.head.weight[first:])
+
+
 def test_sparsity_cost_lowers_the_active_size(tmp_path):
     from hypermeta.config import RunConfig
     from hypermeta.runs import load_run

@@ -169,6 +169,11 @@ class GatesConfig(_Strict):
     sparsity: float = Field(0.0, ge=0, description="weight of the expected active fraction")
     mode: Literal["units", "width"] = Field(
         "units", description="units: a logit per unit; width: one open fraction per site")
+    estimator: Literal["hard_concrete", "deterministic", "ste"] = Field(
+        "hard_concrete", description="gates in training: hard-concrete samples, the same "
+        "without noise, or straight-through 0/1")
+    warmup_steps: int = Field(0, ge=0, description="train this many steps with every gate "
+                              "open and no sparsity cost first")
 
 
 class ClassHeadConfig(_Strict):

@@ -45,6 +45,11 @@ GATE_INITIAL_LOGIT = 1.0  # P(gate != 0) = 0.93 at the start; Adam can still clo
 WIDTH_SLOPE = 4.0  # width gates: logit change per unit across the boundary (sharp: little noise)
 
 GateMode = Literal["units", "width"]
+# how gates behave in training: hard-concrete samples (Louizos et al.), the same without noise
+# (the stretched sigmoid, deterministic), or exact 0/1 with the sigmoid's gradient
+# (straight-through); in evaluation every estimator gives exact 0/1 gates
+GateEstimator = Literal["hard_concrete", "deterministic", "ste"]
+ESTIMATORS = ("hard_concrete", "deterministic", "ste")
 
 
 class GateSite(NamedTuple):
@@ -62,14 +67,22 @@ def initial_width(units: int) -> float:
     return 1.0 - (0.5 - GATE_INITIAL_LOGIT / WIDTH_SLOPE) / units
 
 
-def gate_values(logits: Tensor, *, training: bool, keep_one: bool = True) -> Tensor:
-    """Gate multipliers from logits ``[..., units]``: hard-concrete samples in training, exact
-    0/1 in evaluation (with ``keep_one``, the top unit of each site always 1)."""
-    if training:
+def gate_values(logits: Tensor, *, training: bool, keep_one: bool = True,
+                estimator: GateEstimator = "hard_concrete") -> Tensor:
+    """Gate multipliers from logits ``[..., units]``; in training by ``estimator``
+    (``GateEstimator``), in evaluation exact 0/1 (with ``keep_one``, the top unit of each site
+    always 1)."""
+    if training and estimator == "hard_concrete":
         u = torch.rand_like(logits).clamp(1e-6, 1 - 1e-6)
         s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + logits) / BETA)
         return (s * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
-    return binary_gates(logits, keep_one=keep_one).to(logits.dtype)
+    if training and estimator == "deterministic":  # the noise-free stretched sigmoid
+        return (torch.sigmoid(logits) * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
+    hard = binary_gates(logits, keep_one=keep_one).to(logits.dtype)
+    if training and estimator == "ste":  # forward exact 0/1, backward the sigmoid's gradient
+        soft = torch.sigmoid(logits)
+        return hard + soft - soft.detach()
+    return hard
 
 
 def binary_gates(logits: Tensor, *, keep_one: bool = True) -> Tensor:
@@ -112,19 +125,30 @@ class Gates(Part):
             fraction per site, the open units always a prefix.
         sparsity: weight ``lambda`` of the expected open fraction in ``extra_loss`` (0: no
             extra loss; the cost is still reported by ``structure_cost``).
+        estimator: the gates in training (``GateEstimator``): ``"hard_concrete"`` (default),
+            ``"deterministic"`` (no noise) or ``"ste"`` (straight-through 0/1).
+
+    ``held_open = True`` (a warm-up, set by ``fit`` for ``gates.warmup_steps``) opens every
+    gate and drops the sparsity cost.
 
     The module it is installed on needs ``gate_sites()`` and ``pruned(masks)`` (the built-in
     ``MLP``, ``ResMLP``, ``Conv4`` and ``TransformerNet``: heads, feed-forward units, whole
     layers); ``merge`` returns the genuinely smaller network.
     """
 
-    def __init__(self, mode: GateMode = "units", *, sparsity: float = 0.0) -> None:
+    def __init__(self, mode: GateMode = "units", *, sparsity: float = 0.0,
+                 estimator: GateEstimator = "hard_concrete") -> None:
         super().__init__()
         if mode not in ("units", "width"):
             raise ValueError(f"gate_mode must be 'units' or 'width', got {mode!r}")
         if not sparsity >= 0:
             raise ValueError(f"gate_sparsity must be >= 0, got {sparsity!r}")
-        self.mode, self.sparsity = mode, float(sparsity)
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"gate_estimator must be one of {list(ESTIMATORS)}, got "
+                             f"{estimator!r}")
+        self.mode, self.sparsity, self.estimator = mode, float(sparsity), estimator
+        # True during a warm-up: every gate open, no sparsity cost (set by ``fit``)
+        self.held_open = False
         self.kind = "gate" if mode == "units" else "gate_width"
         self.sites: dict[str, GateSite] = {}
         self.rows = ParamSpec((), (), (), (), ())
@@ -157,9 +181,12 @@ class Gates(Part):
     def _hook(self, site: str, module: nn.Module, inputs: tuple[Tensor, ...],
               output: Tensor) -> Tensor:
         # multiply the site's output by its gates along the site's channel dim (one task)
+        if self.held_open:
+            return output
         where = self.sites[site]
         logits = unit_logits(module.get_buffer(GATE_SUFFIX), self.kind, where.units)  # [units]
-        values = gate_values(logits, training=self.training, keep_one=not where.closable)
+        values = gate_values(logits, training=self.training, keep_one=not where.closable,
+                             estimator=self.estimator)
         shape = [1] * output.dim()
         shape[where.dim] = -1
         return output * values.reshape(shape)
@@ -173,8 +200,11 @@ class Gates(Part):
         return structure_cost(params, self.rows)
 
     def extra_loss(self, params: Params) -> Tensor | None:
-        """``sparsity * structure_cost``; ``None`` when ``sparsity`` is 0."""
-        return self.sparsity * self.structure_cost(params) if self.sparsity else None
+        """``sparsity * structure_cost``; ``None`` when ``sparsity`` is 0 or the gates are held
+        open (a warm-up)."""
+        if not self.sparsity or self.held_open:
+            return None
+        return self.sparsity * self.structure_cost(params)
 
     def masks(self, params: Params) -> dict[str, Tensor]:
         """Binary keep-masks per site from ONE task's gates; warns when a site that must not

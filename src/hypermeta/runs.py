@@ -101,6 +101,7 @@ def build_hypermodel(config: RunConfig, tasks: TaskSource, net: nn.Module) -> Hy
                                       rank=config.rank, batchnorm=config.batchnorm,
                                       gates=config.gates.enabled, gate_mode=config.gates.mode,
                                       gate_sparsity=config.gates.sparsity,
+                                      gate_estimator=config.gates.estimator,
                                       class_head=head_module)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"generate/adapter/class_head: {err}") from None

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from hypermeta.adapters import FiLM, LowRank
-from hypermeta.gates import GateMode, Gates
+from hypermeta.gates import GateEstimator, GateMode, Gates
 from hypermeta.heads import PerClassHead
 from hypermeta.parts import Part, register_placeholder
 from hypermeta.plan import LinearPlan
@@ -67,7 +67,8 @@ class FunctionalTarget(nn.Module):
         input_shape: the shape of one example, checked at the entry when given.
         gates, gate_mode, gate_sparsity: also generate per-task structure gates over the
             module's gate sites (``hypermeta.gates``): ``"units"`` (a logit per unit) or
-            ``"width"`` (an open fraction per site); ``extra_loss`` returns ``gate_sparsity``
+            ``"width"`` (an open fraction per site); ``gate_estimator``: the gates in training
+            (``hypermeta.gates.GateEstimator``); ``extra_loss`` returns ``gate_sparsity``
             times their expected open fraction; ``materialize`` prunes the closed units.
         class_head: name of the final ``nn.Linear`` whose rows are generated one per class
             (``hypermeta.heads``), so the way count is free: its params are ``[T, N, D]`` and
@@ -99,6 +100,7 @@ class FunctionalTarget(nn.Module):
         gates: bool = False,
         gate_mode: GateMode = "units",
         gate_sparsity: float = 0.0,
+        gate_estimator: GateEstimator = "hard_concrete",
         class_head: str | None = None,
         parts: Sequence[Part] = (),
         batching: Batching = "auto",
@@ -112,7 +114,8 @@ class FunctionalTarget(nn.Module):
             raise ValueError(f"batchnorm must be 'batch' or 'frozen', got {batchnorm!r}")
         if isinstance(parts, Part) or not all(isinstance(p, Part) for p in parts):
             raise TypeError(f"parts= takes a sequence of hypermeta.parts.Part; got {parts!r}")
-        gate_part = Gates(gate_mode, sparsity=gate_sparsity)  # checks both even without gates
+        # checks the gate arguments even without gates
+        gate_part = Gates(gate_mode, sparsity=gate_sparsity, estimator=gate_estimator)
         if gate_sparsity and not gates:
             raise ValueError(f"gate_sparsity={gate_sparsity} needs gates=True")
         self.adapter, self.rank, self.batchnorm = adapter, rank, batchnorm
@@ -209,6 +212,12 @@ class FunctionalTarget(nn.Module):
         return next((p for p in self.parts if isinstance(p, kind)), None)
 
     # ----------------------------------------------------------------------------- API
+    def hold_gates_open(self, held: bool) -> None:
+        """Open every structure gate and drop their sparsity cost (a warm-up), or stop."""
+        gates = self._part(Gates)
+        if gates is not None:
+            gates.held_open = held
+
     @property
     def has_gates(self) -> bool:
         """Whether this target generates structure gates (``gates=True``)."""

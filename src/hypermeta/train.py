@@ -30,6 +30,7 @@ from hypermeta.evaluate import summarize, task_values
 from hypermeta.files import atomic_write_bytes
 from hypermeta.model import Learner
 from hypermeta.runs import build_learner, build_tasks, cpu_layout
+from hypermeta.target import FunctionalTarget
 
 log = logging.getLogger(__name__)
 
@@ -296,12 +297,17 @@ def _train(config: RunConfig, run_dir: Path, config_json: str, tasks: Any, learn
                 episode = episode.slice(*share)
             # the family's episodes are checked once per call; later steps skip the checks
             # (each is a device sync)
+            warmup = state["step"] < config.gates.warmup_steps
+            if warmup:  # every gate open, no sparsity cost (restored after the step)
+                _hold_gates_open(learner, True)
             out = learner.outputs(episode, validate=first)
             first = False
             loss = kind.loss(out.pred, episode.query_y)
             objective = loss if out.extra_loss is None else loss + out.extra_loss
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(objective)
+            if warmup:
+                _hold_gates_open(learner, False)
             world.average_gradients(params)
             if config.train.clip is not None:
                 nn.utils.clip_grad_norm_(params, config.train.clip)
@@ -417,3 +423,9 @@ def _bounds(total: int, world: World) -> tuple[int, int]:
     """This rank's contiguous part of ``total`` evaluation tasks (sizes differ by at most 1)."""
     start = world.rank * total // world.size
     return start, (world.rank + 1) * total // world.size
+
+
+def _hold_gates_open(learner: nn.Module, held: bool) -> None:
+    target = getattr(learner, "target", None)
+    if isinstance(target, FunctionalTarget):
+        target.hold_gates_open(held)
