@@ -50,7 +50,8 @@ FUNCTIONS = get_tasks("mixed").functions  # the mixed family's functions, easies
 
 
 def config(gated: bool, steps: int, sparsity: float, seed: int,
-           mode: str = "units", estimator: str = "hard_concrete", warmup: int = 0) -> RunConfig:
+           mode: str = "units", estimator: str = "hard_concrete", warmup: int = 0,
+           head: dict[str, Any] | None = None) -> RunConfig:
     return RunConfig.from_dict({
         "method": "hypernet", "seed": seed,
         "tasks": {"name": "mixed", "shots": 20, "queries": 20},
@@ -59,10 +60,17 @@ def config(gated: bool, steps: int, sparsity: float, seed: int,
         "hypernet": {"kind": "mlp", "hidden": [256]},
         "gates": {"enabled": gated, "sparsity": sparsity if gated else 0.0,
                   "mode": mode if gated else "units", "estimator": estimator,
-                  "warmup_steps": warmup if gated else 0},
+                  "warmup_steps": warmup if gated else 0, **(head or {} if gated else {})},
         "train": {"steps": steps, "meta_batch": 25, "lr": 1e-3, "val_every": 1000,
                   "val_tasks": 200},
     })
+
+
+def gate_head(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The gates.separate_head settings the flags ask for (None: the shared generator)."""
+    if not args.separate_head:
+        return None
+    return {"separate_head": True, "detach": args.detach, "head_lr_scale": args.head_lr_scale}
 
 
 def omniglot_config(gated: bool, steps: int, sparsity: float, seed: int,
@@ -162,6 +170,12 @@ def main() -> None:
                         default="hard_concrete", help="gates in training (gates.estimator)")
     parser.add_argument("--warmup-steps", type=int, default=0,
                         help="steps with every gate open and no sparsity cost first")
+    parser.add_argument("--separate-head", action="store_true",
+                        help="gates from their own small generator (gates.separate_head)")
+    parser.add_argument("--detach", action="store_true",
+                        help="with --separate-head: gate losses never reach the encoder")
+    parser.add_argument("--head-lr-scale", type=float, default=1.0,
+                        help="with --separate-head: its learning rate over the run's")
     parser.add_argument("--family", choices=["mixed", "omniglot"], default="mixed")
     parser.add_argument("--data-dir", default=os.environ.get("HYPERMETA_DATA"),
                         help="for --family omniglot: the folder holding omniglot/")
@@ -177,6 +191,8 @@ def main() -> None:
         tag += f"-{args.estimator}"
     if args.warmup_steps:
         tag += f"-w{args.warmup_steps}"
+    if args.separate_head:
+        tag += f"-head{'-detach' if args.detach else ''}-lr{args.head_lr_scale:g}"
     if args.family == "omniglot":
         if args.data_dir is None:
             parser.error("--family omniglot needs --data-dir or HYPERMETA_DATA")
@@ -191,7 +207,7 @@ def main() -> None:
         run_name = f"gated-{tag}-n{args.steps}" if gated else f"ungated-n{args.steps}"
         run_name += f"-s{args.seed}" if args.seed else ""
         if train_in_chunks(config(gated, args.steps, args.sparsity, args.seed, args.gate_mode,
-                                  args.estimator, args.warmup_steps),
+                                  args.estimator, args.warmup_steps, gate_head(args)),
                            runs / run_name, deadline) is None:
             write_result(path, {"benchmark": "structure", "complete": False, "summary": {},
                                 "environment": env, "config": vars(args)})
@@ -206,7 +222,7 @@ def main() -> None:
     test = tasks.fixed_tasks("test")
     kinds = test.descriptor[:, 0].long()  # type: ignore[index]
     example = torch.zeros(100, 1)
-    ungated_net = build_network(config(False, 1, 0, 0).target)
+    ungated_net = build_network(config(False, 1, 0, 0).target.model_dump())
     full_flops = count_flops(ungated_net, example)
     full_params = sum(p.numel() for p in ungated_net.parameters())
     flops, params, hidden = [], [], []

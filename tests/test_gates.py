@@ -240,3 +240,58 @@ def test_gates_follow_the_target_mode_and_return_their_weighted_cost():
     cost = target.structure_cost(params)
     torch.testing.assert_close(cost, structure_cost(params, target.spec))
     torch.testing.assert_close(target.extra_loss(params), 0.3 * cost)
+
+
+def test_a_separate_gate_generator_owns_the_gates_and_can_be_cut_off(tmp_path):
+    from hypermeta import SplitHyperNet, split_spec
+    from hypermeta.gates import GATE_KINDS
+
+    target = FunctionalTarget(MLP(1, 1, hidden=(8, 8)), gates=True, gate_sparsity=1.0)
+    rest, gates = split_spec(target.spec, GATE_KINDS)
+    assert set(gates.kinds) == {"gate"} and "gate" not in rest.kinds
+    encoder = SetEncoder(1, 1, 8)
+    hyper = SplitHyperNet(MLPHyperNet(rest, 8), MLPHyperNet(gates, 8, (4,)), target.spec,
+                          detach=True)
+    model = HyperModel(encoder, hyper, target).train()
+    ep = Episode(torch.randn(3, 5, 1), torch.randn(3, 5, 1), torch.randn(3, 6, 1),
+                 torch.randn(3, 6, 1))
+    params = model.params(ep)
+    assert list(params) == list(target.spec.names)  # spec order
+    with torch.no_grad():  # the side generator moves the gates only
+        before = {k: v.clone() for k, v in model.params(ep).items()}
+        hyper.side.head.bias.add_(1.0)
+        after = model.params(ep)
+    for name in target.spec.names:
+        assert torch.equal(before[name], after[name]) == (name not in gates.names)
+    out = model.outputs(ep)
+    out.extra_loss.backward()  # the sparsity cost alone: reaches the side generator only
+    assert hyper.side.head.weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in encoder.parameters())
+    with pytest.raises(ValueError, match="exactly once"):
+        SplitHyperNet(MLPHyperNet(rest, 8), MLPHyperNet(rest, 8), target.spec)
+
+
+def test_separate_gate_head_from_config_gets_its_own_learning_rate(tmp_path):
+    from hypermeta.config import ConfigError, RunConfig
+    from hypermeta.runs import load_run
+    from hypermeta.train import _param_groups, fit
+
+    raw = {"method": "hypernet", "tasks": {"name": "sinusoid", "shots": 5},
+           "target": {"name": "mlp", "in_dim": 1, "out_dim": 1, "hidden": [16]},
+           "encoder": {"kind": "set", "dim": 8, "hidden": 16}, "hypernet": {"hidden": [16]},
+           "gates": {"enabled": True, "sparsity": 0.1, "separate_head": True,
+                     "head_hidden": [8], "head_lr_scale": 0.1, "detach": True},
+           "train": {"steps": 4, "meta_batch": 2, "val_every": 4, "val_tasks": 4}}
+    config = RunConfig.from_dict(raw)
+    fit(config, tmp_path / "run")
+    model = load_run(tmp_path / "run").learner
+    from hypermeta import SplitHyperNet
+
+    assert isinstance(model.hypernet, SplitHyperNet) and model.hypernet.detach
+    groups = _param_groups(model, [p for p in model.parameters()], config)
+    assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(0.1 * config.train.lr)
+    assert {id(p) for p in groups[1]["params"]} == {
+        id(p) for p in model.hypernet.side_parameters()}
+    bad = {**raw, "gates": {"enabled": True, "detach": True}}
+    with pytest.raises(ConfigError, match="need gates.separate_head"):
+        RunConfig.from_dict(bad)

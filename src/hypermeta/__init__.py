@@ -29,7 +29,9 @@ from hypermeta.hypernets import (
     ChunkedHyperNet,
     DeltaHyperNet,
     MLPHyperNet,
+    SplitHyperNet,
     count_parameters,
+    split_spec,
 )
 from hypermeta.kinds import Classification, Regression, TaskKind, get_kind
 from hypermeta.model import HyperModel, Learner, ModelOutput
@@ -131,6 +133,8 @@ __all__ = [
     "LabeledArrayTasks",
     "Learner",
     "MLPHyperNet",
+    "SplitHyperNet",
+    "split_spec",
     "ModelOutput",
     "ParamSpec",
     "Params",

@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveInt,
     ValidationError,
     ValidatorFunctionWrapHandler,
     create_model,
@@ -174,6 +175,13 @@ class GatesConfig(_Strict):
         "without noise, or straight-through 0/1")
     warmup_steps: int = Field(0, ge=0, description="train this many steps with every gate "
                               "open and no sparsity cost first")
+    separate_head: bool = Field(False, description="generate the gates with their own small "
+                                "MLP generator (hypernet.SplitHyperNet)")
+    head_hidden: list[PositiveInt] = Field([64], description="separate_head: its hidden widths")
+    head_lr_scale: float = Field(1.0, gt=0, description="separate_head: its learning rate "
+                                 "over train.lr")
+    detach: bool = Field(False, description="separate_head: it reads the task embedding "
+                         "without gradient (gate losses never reach the encoder)")
 
 
 class ClassHeadConfig(_Strict):
@@ -287,6 +295,11 @@ class RunConfig(_Strict):
             problems.append("gates.enabled: structure gates need method 'hypernet'")
         if self.class_head.enabled and self.method != "hypernet":
             problems.append("class_head.enabled: a generated class head needs method 'hypernet'")
+        gates = self.gates
+        if (gates.warmup_steps or gates.separate_head) and not gates.enabled:
+            problems.append("gates.warmup_steps / gates.separate_head need gates.enabled")
+        if (gates.detach or gates.head_lr_scale != 1.0) and not gates.separate_head:
+            problems.append("gates.detach / gates.head_lr_scale need gates.separate_head")
         if self.ridge_head.enabled and self.method != "hypernet":
             problems.append("ridge_head.enabled: a fitted ridge head needs method 'hypernet'")
         if self.ridge_head.enabled and self.class_head.enabled:

@@ -212,6 +212,53 @@ class DeltaHyperNet(_HyperNet):
         self.base.copy_(flat)
 
 
+class SplitHyperNet(_HyperNet):
+    """Two generators for one spec: ``main`` for most rows and ``side`` for the rows of the
+    given ``kinds`` (e.g. structure gates: ``GATE_KINDS``), both from the same embedding.
+
+    With ``detach`` the side generator reads the embedding without gradient, so its loss (a
+    gate's sparsity cost, the gradient through a gate) never reaches the encoder or ``main``.
+    Its parameters are ``side_parameters()`` (``fit`` can give them their own learning rate).
+
+    Example:
+        >>> rest, gates = split_spec(target.spec, GATE_KINDS)
+        >>> hyper = SplitHyperNet(MLPHyperNet(rest, 64), MLPHyperNet(gates, 64, (32,)),
+        ...                       target.spec, detach=True)
+    """
+
+    def __init__(self, main: nn.Module, side: nn.Module, spec: ParamSpec, *,
+                 detach: bool = False) -> None:
+        super().__init__(spec)
+        self.main, self.side, self.spec, self.detach = main, side, spec, detach
+        self.z_dim = int(getattr(main, "z_dim"))  # noqa: B009
+        parts: list[ParamSpec] = [main.spec, side.spec]  # type: ignore[list-item]
+        covered = sorted(n for part in parts for n in part.names)
+        if covered != sorted(spec.names):
+            raise ValueError("main and side generators must cover the spec's entries exactly "
+                             "once")
+
+    def forward(self, z: Tensor) -> Params:
+        _check_z(z, self.z_dim)
+        out: Params = {**self.main(z), **self.side(z.detach() if self.detach else z)}
+        return {name: out[name] for name in self.spec.names}
+
+    def side_parameters(self) -> list[nn.Parameter]:
+        return list(self.side.parameters())
+
+    @torch.no_grad()
+    def set_base(self, flat: Tensor) -> None:
+        values = self.spec.unflatten(flat)
+        for part in (self.main, self.side):
+            sub: ParamSpec = part.spec  # type: ignore[assignment]
+            part.set_base(sub.flatten({n: values[n] for n in sub.names}))  # type: ignore[operator]
+
+
+def split_spec(spec: ParamSpec, kinds: Sequence[str]) -> tuple[ParamSpec, ParamSpec]:
+    """``spec`` cut into (rows of other kinds, rows of ``kinds``)."""
+    picked = [n for n, k in zip(spec.names, spec.kinds) if k in kinds]
+    return spec.subset([n for n in spec.names if n not in set(picked)]), spec.subset(picked)
+
+
 # ------------------------------------------------------------ builders (config -> generator)
 # Each takes the BuildContext positionally (``ctx.spec``, ``ctx.z_dim``, ``ctx.target``) and
 # its config keywords; the signature types the config section ``hypernet: {kind: NAME, ...}``.

@@ -15,9 +15,12 @@ from torch import nn
 
 from hypermeta.checkpoint import CheckpointError, load_checkpoint
 from hypermeta.config import ConfigError, RunConfig
+from hypermeta.gates import GATE_KINDS
 from hypermeta.heads import ClassHead, RidgeHead
+from hypermeta.hypernets import MLPHyperNet, SplitHyperNet, split_spec
 from hypermeta.model import HyperModel, Learner
 from hypermeta.registry import ENCODERS, HYPERNETS, METHODS, TARGETS, BuildContext
+from hypermeta.spec import ParamSpec
 from hypermeta.target import FunctionalTarget
 from hypermeta.tasks import TaskSource, get_tasks
 
@@ -116,7 +119,7 @@ def build_hypermodel(config: RunConfig, tasks: TaskSource, net: nn.Module) -> Hy
             raise ConfigError(f"encoder: {err}") from None
         ctx = BuildContext(**{**ctx.__dict__, "z_dim": getattr(encoder, "out_dim", None)})
         try:
-            hypernet = HYPERNETS.get(config.hypernet.kind)(ctx, **config.hypernet.kwargs())
+            hypernet = _build_hypernet(config, ctx, functional.spec)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"hypernet: {err}") from None
     if head.descriptions and not getattr(tasks, "describe_classes", False):
@@ -133,6 +136,21 @@ def build_hypermodel(config: RunConfig, tasks: TaskSource, net: nn.Module) -> Hy
                           class_head=class_head)
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err)) from None
+
+
+def _build_hypernet(config: RunConfig, ctx: BuildContext, spec: ParamSpec) -> nn.Module:
+    """The configured generator; with ``gates.separate_head`` the gates come from their own
+    small MLP generator (``SplitHyperNet``)."""
+    build = HYPERNETS.get(config.hypernet.kind)
+    gates = config.gates
+    if not (gates.enabled and gates.separate_head):
+        return build(ctx, **config.hypernet.kwargs())  # type: ignore[no-any-return]
+    rest, gate_rows = split_spec(spec, GATE_KINDS)
+    if not len(rest):
+        raise ValueError("gates.separate_head: nothing but gates is generated")
+    main = build(BuildContext(**{**ctx.__dict__, "spec": rest}), **config.hypernet.kwargs())
+    side = MLPHyperNet(gate_rows, int(ctx.z_dim or 0), hidden=list(gates.head_hidden))
+    return SplitHyperNet(main, side, spec, detach=gates.detach)
 
 
 # ---------------------------------------------------------------------------- loading runs

@@ -100,6 +100,16 @@ class ParamSpec:
         return cls(*(tuple(x for s in specs for x in getattr(s, field))
                      for field in ("names", "shapes", "kinds", "fan_in", "fan_out", "inits")))
 
+    def subset(self, names: Sequence[str]) -> ParamSpec:
+        """The rows named ``names``, in this spec's order."""
+        unknown = sorted(set(names) - set(self.names))
+        if unknown:
+            raise KeyError(f"spec has no entries {unknown}")
+        keep = [i for i, n in enumerate(self.names) if n in set(names)]
+        return ParamSpec(*(tuple(getattr(self, field)[i] for i in keep)
+                           for field in ("names", "shapes", "kinds", "fan_in", "fan_out",
+                                         "inits")))
+
     def __len__(self) -> int:
         return len(self.names)
 

@@ -28,6 +28,7 @@ from hypermeta.config import ConfigError, RunConfig
 from hypermeta.distributed import World, resolve_device
 from hypermeta.evaluate import summarize, task_values
 from hypermeta.files import atomic_write_bytes
+from hypermeta.hypernets import SplitHyperNet
 from hypermeta.model import Learner
 from hypermeta.runs import build_learner, build_tasks, cpu_layout
 from hypermeta.target import FunctionalTarget
@@ -229,7 +230,8 @@ def _train(config: RunConfig, run_dir: Path, config_json: str, tasks: Any, learn
     kind = tasks.kind
     last, best = run_dir / "last.safetensors", run_dir / "best.safetensors"
     params = [p for p in learner.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params or [nn.Parameter(torch.zeros(1))], lr=config.train.lr,
+    optimizer = torch.optim.Adam(_param_groups(learner, params, config) if params
+                                 else [nn.Parameter(torch.zeros(1))], lr=config.train.lr,
                                  weight_decay=config.train.weight_decay,
                                  fused=_fusable(params, device))
     scheduler = _schedule(optimizer, config)
@@ -429,3 +431,15 @@ def _hold_gates_open(learner: nn.Module, held: bool) -> None:
     target = getattr(learner, "target", None)
     if isinstance(target, FunctionalTarget):
         target.hold_gates_open(held)
+
+
+def _param_groups(learner: nn.Module, params: list[nn.Parameter],
+                  config: RunConfig) -> list[dict[str, Any]]:
+    """One group, or two when a separate gate generator has its own learning rate."""
+    hypernet = getattr(learner, "hypernet", None)
+    scale = config.gates.head_lr_scale
+    if scale == 1.0 or not isinstance(hypernet, SplitHyperNet):
+        return [{"params": params}]
+    side = {id(p) for p in hypernet.side_parameters()}
+    return [{"params": [p for p in params if id(p) not in side]},
+            {"params": [p for p in params if id(p) in side], "lr": config.train.lr * scale}]
