@@ -176,6 +176,8 @@ def main() -> None:
                         help="with --separate-head: gate losses never reach the encoder")
     parser.add_argument("--head-lr-scale", type=float, default=1.0,
                         help="with --separate-head: its learning rate over the run's")
+    parser.add_argument("--distill", type=float, default=0.0,
+                        help="mixed family: weight of distillation from the ungated run")
     parser.add_argument("--family", choices=["mixed", "omniglot"], default="mixed")
     parser.add_argument("--data-dir", default=os.environ.get("HYPERMETA_DATA"),
                         help="for --family omniglot: the folder holding omniglot/")
@@ -193,6 +195,8 @@ def main() -> None:
         tag += f"-w{args.warmup_steps}"
     if args.separate_head:
         tag += f"-head{'-detach' if args.detach else ''}-lr{args.head_lr_scale:g}"
+    if args.distill:
+        tag += f"-distill{args.distill:g}"
     if args.family == "omniglot":
         if args.data_dir is None:
             parser.error("--family omniglot needs --data-dir or HYPERMETA_DATA")
@@ -203,11 +207,18 @@ def main() -> None:
     path = result_path("structure", f"mixed-{tag}" + (f"-s{args.seed}" if args.seed else ""),
                        smoke=args.smoke)
     results: dict[str, Any] = {}
-    for name, gated in (("gated", True), ("ungated", False)):
-        run_name = f"gated-{tag}-n{args.steps}" if gated else f"ungated-n{args.steps}"
-        run_name += f"-s{args.seed}" if args.seed else ""
+    seed_tag = f"-s{args.seed}" if args.seed else ""
+    teacher = runs / f"ungated-n{args.steps}{seed_tag}"
+    # with --distill the ungated run trains first: it is the gated run's teacher
+    order = (("ungated", False), ("gated", True)) if args.distill else (("gated", True),
+                                                                        ("ungated", False))
+    for name, gated in order:
+        run_name = f"gated-{tag}-n{args.steps}{seed_tag}" if gated else teacher.name
+        head = gate_head(args) or {}
+        if gated and args.distill:
+            head = {**head, "distill_from": str(teacher), "distill_weight": args.distill}
         if train_in_chunks(config(gated, args.steps, args.sparsity, args.seed, args.gate_mode,
-                                  args.estimator, args.warmup_steps, gate_head(args)),
+                                  args.estimator, args.warmup_steps, head),
                            runs / run_name, deadline) is None:
             write_result(path, {"benchmark": "structure", "complete": False, "summary": {},
                                 "environment": env, "config": vars(args)})

@@ -295,3 +295,32 @@ def test_separate_gate_head_from_config_gets_its_own_learning_rate(tmp_path):
     bad = {**raw, "gates": {"enabled": True, "detach": True}}
     with pytest.raises(ConfigError, match="need gates.separate_head"):
         RunConfig.from_dict(bad)
+
+
+def test_distillation_pulls_the_gated_student_towards_its_teacher(tmp_path):
+    from hypermeta.config import RunConfig
+    from hypermeta.runs import load_run
+    from hypermeta.train import fit
+
+    def raw(gated, distill=None, weight=0.0):
+        gates = {"enabled": gated, "sparsity": 0.05 if gated else 0.0}
+        if distill:
+            gates.update(distill_from=str(distill), distill_weight=weight)
+        return RunConfig.from_dict({
+            "method": "hypernet", "tasks": {"name": "sinusoid", "shots": 5},
+            "target": {"name": "mlp", "in_dim": 1, "out_dim": 1, "hidden": [16]},
+            "encoder": {"kind": "set", "dim": 8, "hidden": 16}, "hypernet": {"hidden": [16]},
+            "gates": gates, "train": {"steps": 40, "meta_batch": 4, "val_every": 40,
+                                      "val_tasks": 4, "lr": 3e-3}})
+
+    fit(raw(False), tmp_path / "teacher")
+    teacher = load_run(tmp_path / "teacher").learner
+    episodes = load_run(tmp_path / "teacher").tasks.fixed_tasks("test", 8)
+    gap = {}
+    for weight in (0.0, 100.0):
+        fit(raw(True, tmp_path / "teacher", weight), tmp_path / f"w{weight}")
+        student = load_run(tmp_path / f"w{weight}").learner
+        with torch.no_grad():
+            gap[weight] = float((student.predict(episodes) - teacher.predict(episodes))
+                                .pow(2).mean())
+    assert gap[100.0] < 0.7 * gap[0.0], gap

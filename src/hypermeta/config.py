@@ -182,6 +182,10 @@ class GatesConfig(_Strict):
                                  "over train.lr")
     detach: bool = Field(False, description="separate_head: it reads the task embedding "
                          "without gradient (gate losses never reach the encoder)")
+    distill_from: str | None = Field(None, description="a trained ungated run folder: its "
+                                     "predictions on each query set are a second target")
+    distill_weight: float = Field(1.0, ge=0, description="distill_from: weight of the MSE "
+                                  "(regression) or KL (classification) to the teacher")
 
 
 class ClassHeadConfig(_Strict):
@@ -296,8 +300,10 @@ class RunConfig(_Strict):
         if self.class_head.enabled and self.method != "hypernet":
             problems.append("class_head.enabled: a generated class head needs method 'hypernet'")
         gates = self.gates
-        if (gates.warmup_steps or gates.separate_head) and not gates.enabled:
-            problems.append("gates.warmup_steps / gates.separate_head need gates.enabled")
+        if (gates.warmup_steps or gates.separate_head or gates.distill_from) \
+                and not gates.enabled:
+            problems.append("gates.warmup_steps / separate_head / distill_from need "
+                            "gates.enabled")
         if (gates.detach or gates.head_lr_scale != 1.0) and not gates.separate_head:
             problems.append("gates.detach / gates.head_lr_scale need gates.separate_head")
         if self.ridge_head.enabled and self.method != "hypernet":

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from hypermeta.checkpoint import (
     load_checkpoint,
@@ -30,7 +31,7 @@ from hypermeta.evaluate import summarize, task_values
 from hypermeta.files import atomic_write_bytes
 from hypermeta.hypernets import SplitHyperNet
 from hypermeta.model import Learner
-from hypermeta.runs import build_learner, build_tasks, cpu_layout
+from hypermeta.runs import build_learner, build_tasks, cpu_layout, load_run
 from hypermeta.target import FunctionalTarget
 
 log = logging.getLogger(__name__)
@@ -285,6 +286,7 @@ def _train(config: RunConfig, run_dir: Path, config_json: str, tasks: Any, learn
     for callback in callbacks:
         callback.on_start(description=f"{config.method} {tasks.name}", total=train_steps,
                           initial=state["step"])
+    teacher = _teacher(config, device)
     metrics = (run_dir / "metrics.jsonl").open("a") if world.main else io.StringIO()
     started = time.perf_counter()
     first = True
@@ -306,6 +308,9 @@ def _train(config: RunConfig, run_dir: Path, config_json: str, tasks: Any, learn
             first = False
             loss = kind.loss(out.pred, episode.query_y)
             objective = loss if out.extra_loss is None else loss + out.extra_loss
+            if teacher is not None:
+                objective = objective + config.gates.distill_weight * _distill(
+                    out.pred, teacher, episode, kind.uses_classes)
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(objective)
             if warmup:
@@ -443,3 +448,25 @@ def _param_groups(learner: nn.Module, params: list[nn.Parameter],
     side = {id(p) for p in hypernet.side_parameters()}
     return [{"params": [p for p in params if id(p) not in side]},
             {"params": [p for p in params if id(p) in side], "lr": config.train.lr * scale}]
+
+
+def _teacher(config: RunConfig, device: torch.device) -> Learner | None:
+    """The ungated run ``gates.distill_from`` names, frozen, in evaluation mode."""
+    source = config.gates.distill_from
+    if source is None:
+        return None
+    teacher = load_run(source).learner.to(device).eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def _distill(pred: Tensor, teacher: Learner, episode: Any, classes: bool) -> Tensor:
+    """MSE (regression) or KL(teacher || student) (classification) on the query set."""
+    with torch.no_grad():
+        target = teacher.outputs(episode, validate=False).pred
+    if classes:
+        width = pred.shape[-1]
+        return F.kl_div(F.log_softmax(pred, -1).reshape(-1, width),
+                        F.log_softmax(target, -1).reshape(-1, width), log_target=True,
+                        reduction="batchmean")
+    return F.mse_loss(pred, target)
