@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, ResumableBenchmark, environment, publish  # noqa: E402
 
 from hypermeta.continual import ContinualConfig, Scenario, train_continual  # noqa: E402
-from hypermeta.continual.run import load_scenario  # noqa: E402
+from hypermeta.continual.run import draw_matrix, load_scenario  # noqa: E402
 
 # beta: von Oswald et al.'s classifier hypernetwork values (hypercl, mnist/train_args_default.py:
 # permuted 0.1, split 0.01); SI c: Zenke et al. (permuted 0.1, split 1.0)
@@ -245,6 +245,31 @@ def main() -> None:
     }
     payload["summary"] = summary(done, seeds)
     publish("continual", payload, units, smoke=args.smoke)
+    if complete and not args.smoke:
+        plot(done, seeds[0], ROOT / "benchmarks" / "results" / "continual-cpu.png")
+
+
+def plot(units: dict[str, Any], seed: int, out: Path) -> None:
+    """Accuracy on every task after each new task, PermutedFashionMNIST-10, one seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = ("hypernet", "hypnettorch", "ewc", "si", "finetune", "separate")
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5), sharey=True)
+    for ax, method in zip(axes.flat, shown):
+        unit = units[f"permuted_fmnist-{method}-s{seed}"]
+        draw_matrix(ax, unit["matrix"], f"{method}: {unit['acc']:.1f}% avg, BWT "
+                    f"{unit['bwt']:+.1f}")
+    axes.flat[0].legend(fontsize=6, ncol=2)
+    fig.suptitle(f"PermutedFashionMNIST-10, seed {seed}: accuracy on each task after each new "
+                 "task")
+    fig.tight_layout()
+    tmp = out.with_name(out.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out)
 
 
 if __name__ == "__main__":

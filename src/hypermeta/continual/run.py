@@ -383,15 +383,9 @@ def load_continual(run_dir: str | Path) -> tuple[ContinualConfig, ContinualLearn
     return config, learner, scenario
 
 
-def plot_matrix(matrix: list[list[float | None]], out: str | Path, title: str = "") -> Path:
-    """Accuracy on every task (lines) after learning each task (x axis)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def draw_matrix(ax: Any, matrix: list[list[float | None]], title: str = "") -> None:
+    """Accuracy on every task (one line each) after learning each task (x axis), on ``ax``."""
     n = len(matrix)
-    fig, ax = plt.subplots(figsize=(6, 3.6))
     for j in range(n):
         points = [(i + 1, v) for i in range(n) if (v := matrix[i][j]) is not None]
         xs, ys = [p[0] for p in points], [p[1] for p in points]
@@ -401,7 +395,18 @@ def plot_matrix(matrix: list[list[float | None]], out: str | Path, title: str = 
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
     ax.set_xticks(range(1, n + 1))
-    if n <= 12:
+
+
+def plot_matrix(matrix: list[list[float | None]], out: str | Path, title: str = "") -> Path:
+    """``draw_matrix`` as a PNG, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    draw_matrix(ax, matrix, title)
+    if len(matrix) <= 12:
         ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     out = Path(out)
@@ -413,5 +418,6 @@ def plot_matrix(matrix: list[list[float | None]], out: str | Path, title: str = 
 
 
 __all__ = ["SCENARIOS", "ContinualConfig", "ContinualResult", "accuracy", "build_learner",
+           "draw_matrix",
            "infer_tasks", "is_continual_config", "learn_task", "load_continual",
            "load_scenario", "plot_matrix", "summarize", "task_inference", "train_continual"]
