@@ -205,6 +205,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help="steps per task (default: 1000)")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help="train only these (the result reports every finished unit)")
     parser.add_argument("--budget-minutes", type=float, default=9.0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--smoke", action="store_true")
@@ -219,8 +221,11 @@ def main() -> None:
         parser.error(f"unknown methods {unknown}; known: {list(METHODS)}")
     bench = Benchmark(args)
     units: dict[str, Any] = {}
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    if sorted(set(scenarios) - set(SCENARIOS)):
+        parser.error(f"unknown scenarios {scenarios}; known: {list(SCENARIOS)}")
     for seed in seeds:
-        for scenario in SCENARIOS:
+        for scenario in scenarios:
             for method in methods:
                 units[f"{scenario}-{method}-s{seed}"] = bench.unit(scenario, method, seed)
     complete = all(v is not None for v in units.values())
