@@ -212,9 +212,14 @@ def learning_curve(run_dir: Path) -> list[list[float]]:
 
 
 def progress(run_dir: Path) -> dict[str, Any]:
-    """How far an unfinished run is: episodes done and its learning curve so far."""
-    curve = learning_curve(run_dir)
-    return {"val_curve": curve, "episodes_done": curve[-1][0] if curve else 0}
+    """How far an unfinished run is: episodes done (its last checkpoint), training seconds
+    and its learning curve so far."""
+    from hypermeta.checkpoint import load_checkpoint
+
+    last = run_dir / "last.safetensors"
+    trainer = load_checkpoint(last)[2]["state"]["trainer"] if last.exists() else {}
+    return {"val_curve": learning_curve(run_dir), "episodes_done": trainer.get("step", 0),
+            "train_seconds": round(trainer.get("train_seconds", 0.0), 1)}
 
 
 def summary(units: dict[str, Any], selection: dict[str, Any] | None,
