@@ -341,20 +341,9 @@ class RunConfig(_Strict):
     @classmethod
     def from_file(cls, path: str | Path, overrides: list[str] | None = None) -> RunConfig:
         """Load YAML (or JSON) and apply ``key.sub=value`` overrides (values parsed as YAML)."""
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {err}") from None
-        if data is None:
-            raise ConfigError(f"{path} is empty; a run config needs at least a task family and "
-                              "a schedule (see configs/)")
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a mapping of config sections, not "
-                              f"{type(data).__name__}")
-        return cls.from_dict(apply_overrides(data, overrides or []))
+        return cls.from_dict(read_config_file(
+            path, overrides, empty="a run config needs at least a task family and a schedule "
+                                   "(see configs/)"))
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)
@@ -392,6 +381,33 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = child
         node[parts[-1]] = yaml.safe_load(raw)
     return out
+
+
+def read_config_file(path: str | Path, overrides: list[str] | None = None, *,
+                     empty: str | None = None) -> dict[str, Any]:
+    """A YAML (or JSON) file of config sections with ``key.sub=value`` overrides applied; clear
+    errors for a missing file, bad YAML or a non-mapping. An empty file is ``{}``, or an error
+    saying ``empty`` when given."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if data is None:
+        if empty is not None:
+            raise ConfigError(f"{path} is empty; {empty}")
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config sections, not "
+                          f"{type(data).__name__}")
+    return apply_overrides(data, overrides or [])
+
+
+def format_errors(err: ValidationError) -> str:
+    """A pydantic ``ValidationError`` as one readable message, a line per problem."""
+    return _format(err)
 
 
 def _format(err: ValidationError) -> str:

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 from torch import Tensor
 
 from hypermeta.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from hypermeta.config import ConfigError, apply_overrides
+from hypermeta.config import ConfigError, format_errors, read_config_file
 from hypermeta.continual.data import SCENARIOS, Scenario, check_scenario, make_scenario
 from hypermeta.continual.methods import (
     EWC,
@@ -102,20 +102,11 @@ class ContinualConfig(_Strict):
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                        for e in err.errors()]
-            raise ConfigError("invalid continual config: " + "; ".join(problems)) from None
+            raise ConfigError(format_errors(err)) from None
 
     @classmethod
     def from_file(cls, path: str | Path, overrides: list[str] | None = None) -> ContinualConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {err}") from None
-        return cls.from_dict(apply_overrides(data or {}, overrides or []))
+        return cls.from_dict(read_config_file(path, overrides))
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)
