@@ -217,6 +217,53 @@ def test_lora_target_batched_equals_per_task_and_merged(lora_target: FunctionalT
     assert not any(p.requires_grad for p in lora_target.module.layers.parameters())
 
 
+def test_gated_minilm_top_prunes_heads_units_and_layers(tmp_path: Path) -> None:
+    from hypermeta.export_text import peft_adapter
+    from hypermeta.networks import build_network
+
+    top = MiniLMTop(first_layer=4, out_dim=3)
+    target = FunctionalTarget(top, generate="layers.*.attention.self.query.weight",
+                              adapter="lowrank", rank=2, gates=True).eval()
+    sites = {s.module: s.units for s in top.gate_sites()}
+    assert sites == {"layers.0.attention.output.dense.heads": 12, "layers.0.intermediate": 1536,
+                     "layers.1.attention.output.dense.heads": 12, "layers.1.intermediate": 1536,
+                     "skips.0": 1, "skips.1": 1}
+    params = random_params(target, 2)
+    params = {n: 60 * v if n.endswith(".gate") else v for n, v in params.items()}  # +-3 logits
+    params["skips.0.gate"][0], params["skips.1.gate"][0] = -5.0, 5.0  # task 0: layer 0 closed
+    params["skips.0.gate"][1], params["skips.1.gate"][1] = 5.0, 5.0
+    x = shared_embedder().hidden(["a pan used for frying", "the judge's decision"], 4, 16).float()
+    inputs = torch.stack([x, x.flip(0)])
+    full = sum(p.numel() for p in top.parameters())
+    with torch.no_grad():
+        batched = target(params, inputs)
+        for t, layers in ((0, [5]), (1, [4, 5])):
+            one = {k: v[t] for k, v in params.items()}
+            small = target.materialize(one)
+            keep = small.config["keep"]
+            assert keep["layers"] == layers
+            heads = [int((one[f"layers.{i - 4}.attention.output.dense.heads.gate"] > 0).sum())
+                     for i in layers]
+            assert [len(h) for h in keep["heads"]] == heads and all(0 < h < 12 for h in heads)
+            assert all(0 < len(f) < 1536 for f in keep["ff"])
+            assert sum(p.numel() for p in small.parameters()) < full
+            assert torch.allclose(small(inputs[t]), batched[t], atol=1e-5)
+            rebuilt = build_network(json.loads(json.dumps(small.config)))  # from the folder
+            rebuilt.load_state_dict(small.state_dict())
+            assert torch.allclose(rebuilt.eval()(inputs[t]), batched[t], atol=1e-5)
+            # the frozen pre-trained slices are MiniLM's own: equal without the state dict
+            assert torch.equal(rebuilt.layers[-1].output.dense.weight,
+                               small.layers[-1].output.dense.weight)
+    with pytest.raises(ValueError, match="PEFT adapter cannot express"):
+        peft_adapter(small, [n for n in target.spec.names if "lora" in n], one, rank=2)
+    for bad, message in (({"layers": [3], "heads": [[0]], "ff": [[0]]}, "distinct layers"),
+                         ({"layers": [4], "heads": [[]], "ff": [[0]]}, "at least one"),
+                         ({"layers": [4], "heads": [[0, 12]], "ff": [[0]]}, "existing heads"),
+                         ({"layers": [4]}, "exactly")):
+        with pytest.raises(ValueError, match=message):
+            MiniLMTop(first_layer=4, out_dim=3, keep=bad)
+
+
 def test_minilm_top_at_zero_lora_is_minilm_itself() -> None:
     texts = ["a living organism characterized by voluntary movement", "to boil pasta"]
     embedder = shared_embedder()
@@ -277,7 +324,8 @@ def test_description_episodes_are_checked() -> None:
 
 
 # ---------------------------------------------------------------- runs, export and serving
-def train_tiny(tmp_path: Path, tiny: Path, **task: object) -> Path:
+def train_tiny(tmp_path: Path, tiny: Path, model: dict[str, object] | None = None,
+               **task: object) -> Path:
     lists = {"train": ["physics.n.00001000", "cooking.n.00001700"],
              "val": ["law.n.00002400", "music.n.00003100"], "test": LISTS["test"]}
     config = RunConfig.from_dict({
@@ -288,7 +336,8 @@ def train_tiny(tmp_path: Path, tiny: Path, **task: object) -> Path:
         "generate": "none",
         "class_head": {"enabled": True, "module": "0", "hidden": 16,
                        "descriptions": bool(task.get("describe"))},
-        "train": {"steps": 3, "meta_batch": 2, "val_every": 3, "val_tasks": 4}})
+        "train": {"steps": 3, "meta_batch": 2, "val_every": 3, "val_tasks": 4},
+        **(model or {})})
     run_dir = tmp_path / "run"
     fit(config, run_dir)
     return run_dir
@@ -317,6 +366,39 @@ def test_text_classifier_exports_with_its_tokenizer(tiny: Path, tmp_path: Path) 
     session = onnxruntime.InferenceSession(str(folder / "model.onnx"))
     onnx_out = session.run(None, {k: v.numpy() for k, v in tokens.items()})[0]
     assert np.allclose(onnx_out, expected.numpy(), atol=1e-4)
+
+
+def test_gated_minilm_text_task_trains_and_exports_its_pruned_network(tiny: Path,
+                                                                     tmp_path: Path) -> None:
+    from hypermeta import load_run
+    from hypermeta.export_text import export_text_classifier, load_text_classifier, tokenize
+
+    model = {"target": {"name": "minilm_top", "first_layer": 5, "out_dim": 2},
+             "class_head": {"enabled": True, "module": "head", "hidden": 16},
+             "encoder": {"kind": "set", "dim": 16, "hidden": 32, "pooling": "mean",
+                         "x_encoder": "mean_tokens"},
+             "gates": {"enabled": True, "sparsity": 0.01}}
+    run = load_run(train_tiny(tmp_path, tiny, model, inputs="tokens", layer=5, max_length=16))
+    texts = ["a spoon for stirring soup", "the crime of stealing property", "a new text"]
+    support = run.tasks.support_episode(run.tasks.encode_text(texts[:2]), torch.tensor([0, 1]))
+    network = run.hypermodel.generate(support)[0]
+    assert isinstance(network, MiniLMTop) and network.config["keep"]["layers"] == [5]
+    # close half of the feed-forward units for every task: the exported network is smaller
+    spec = run.hypermodel.target.spec
+    start = int(torch.tensor([0, *[s.numel() for s in spec.shapes]]).cumsum(0)[
+        list(spec.names).index("layers.0.intermediate.gate")])
+    with torch.no_grad():
+        run.hypermodel.hypernet.head.bias[start:start + 768] = -20.0
+    network = run.hypermodel.generate(support)[0]
+    assert len(network.config["keep"]["ff"][0]) <= 768
+    folder = export_text_classifier(network, run.tasks, tmp_path / "export", onnx=False,
+                                    content_id=run.content_id)
+    query = Episode(support.support_x, support.support_y, run.tasks.encode_text(texts)[None])
+    expected = run.hypermodel.predict(query)[0]
+    tokens = tokenize(folder, texts)
+    with torch.no_grad():
+        rebuilt = load_text_classifier(folder)(tokens["input_ids"], tokens["attention_mask"])
+    assert torch.allclose(rebuilt, expected, atol=1e-4)
 
 
 def test_generated_lora_loads_in_peft_with_equal_outputs(lora_target: FunctionalTarget,

@@ -108,6 +108,10 @@ def peft_adapter(network: MiniLMTop, spec_names: list[str], params: dict[str, Te
     """``(adapter_config, tensors)`` in PEFT's LoRA format for MiniLM (scaling
     ``lora_alpha / r = 1``, as hypermeta's ``W + B A``), from ONE task's generated LoRA
     ``params`` (``layers.{i}.{path}.lora_a [r, in]`` / ``lora_b [out, r]``)."""
+    if "keep" in network.config:
+        raise ValueError("this MiniLMTop was pruned by its gates (fewer layers, heads or "
+                         "units than MiniLM), which a PEFT adapter cannot express; export the "
+                         "merged classifier (without the adapter) instead")
     tensors: dict[str, Tensor] = {}
     modules: set[str] = set()
     layers: set[int] = set()

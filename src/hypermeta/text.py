@@ -12,15 +12,18 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hypermeta.files import cache_root
+
+if TYPE_CHECKING:
+    from hypermeta.gates import GateSite
 
 SENTENCE_DIM = 384
 NUM_LAYERS = 6
@@ -228,6 +231,40 @@ def shared_embedder(model_path: str | Path | None = None) -> TextEmbedder:
     return _EMBEDDERS[key]
 
 
+class _HeadSplitLinear(nn.Linear):
+    """An attention layer's output projection whose input is first seen per head: ``heads`` (an
+    identity on ``[..., heads, head_dim]``) is the gate site of the layer's attention heads.
+    Same parameters (names too) and outputs as the ``nn.Linear`` it replaces."""
+
+    def __init__(self, linear: nn.Linear, head_dim: int) -> None:
+        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                         device=linear.weight.device, dtype=linear.weight.dtype)
+        self.weight, self.bias = linear.weight, linear.bias
+        self.head_dim = head_dim
+        self.heads = nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        split = self.heads(x.reshape(*x.shape[:-1], -1, self.head_dim))
+        return F.linear(split.flatten(-2), self.weight, self.bias)
+
+
+def _rows(linear: nn.Linear, keep: Tensor) -> None:
+    """Keep the output units ``keep`` (indices) of ``linear``, in place."""
+    linear.weight = nn.Parameter(linear.weight.detach()[keep].clone(),
+                                 requires_grad=linear.weight.requires_grad)
+    if linear.bias is not None:
+        linear.bias = nn.Parameter(linear.bias.detach()[keep].clone(),
+                                   requires_grad=linear.bias.requires_grad)
+    linear.out_features = len(keep)
+
+
+def _columns(linear: nn.Linear, keep: Tensor) -> None:
+    """Keep the input units ``keep`` (indices) of ``linear``, in place."""
+    linear.weight = nn.Parameter(linear.weight.detach()[:, keep].clone(),
+                                 requires_grad=linear.weight.requires_grad)
+    linear.in_features = len(keep)
+
+
 class MiniLMTop(nn.Module):
     """The top MiniLM layers as a target: token states after ``first_layer`` ``[N, L, 384]``
     (zero rows = padding) -> layers ``first_layer..5`` -> mean pooling -> L2 normalisation
@@ -237,11 +274,18 @@ class MiniLMTop(nn.Module):
     generate="layers.*.attention.self.query.weight")`` and the like: the pre-trained weights stay
     shared and frozen (``freeze=True``), only the deltas and the head are per task. Dropout is
     off, so training and evaluation compute the same function.
+
+    Gate sites (``gates=True``): every layer's 12 attention heads
+    (``layers.{i}.attention.output.dense.heads``) and 1,536 feed-forward units
+    (``layers.{i}.intermediate``), and every whole layer (``skips.{i}``, closable: a closed
+    layer is skipped). ``pruned`` returns a smaller ``MiniLMTop`` whose ``keep`` (in its
+    config) lists the pre-trained layers, heads and feed-forward units it kept, so
+    ``build_network`` rebuilds it from the model folder.
     """
 
     def __init__(self, first_layer: int = 4, out_dim: int = 5, *,
                  model_path: str | Path | None = None, freeze: bool = True,
-                 scale: float = 1.0) -> None:
+                 scale: float = 1.0, keep: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         if not 0 <= first_layer < NUM_LAYERS:
             raise ValueError(f"first_layer must lie in 0..{NUM_LAYERS - 1}, got {first_layer}")
@@ -256,7 +300,12 @@ class MiniLMTop(nn.Module):
             bert = transformers.AutoModel.from_pretrained(str(folder), config=config,
                                                           local_files_only=True)
         self.first_layer = first_layer
+        self.head_dim = config.hidden_size // config.num_attention_heads
         self.layers = nn.ModuleList(bert.encoder.layer[first_layer:])
+        for layer in self._bert_layers():
+            output = layer.attention.output
+            output.dense = _HeadSplitLinear(output.dense, self.head_dim)
+        self.skips = nn.ModuleList(nn.Identity() for _ in self.layers)
         if freeze:
             self.layers.requires_grad_(False)
         self.scale = scale
@@ -265,15 +314,115 @@ class MiniLMTop(nn.Module):
             "name": "minilm_top", "first_layer": first_layer, "out_dim": out_dim,
             "model_path": None if model_path is None else str(model_path), "freeze": freeze,
             "scale": scale}
+        if keep is not None:
+            keep = self._check_keep(keep)
+            self._slice([i - first_layer for i in keep["layers"]], keep["heads"], keep["ff"])
+            self.config["keep"] = keep
+
+    # ------------------------------------------------------------------------ structure
+    def _bert_layers(self) -> list[Any]:
+        """The ``transformers`` BertLayer s (typed loosely: their attributes are dynamic)."""
+        return list(self.layers)
+
+    def gate_sites(self) -> list[GateSite]:
+        """Every layer's attention heads and feed-forward units, then every whole layer."""
+        from hypermeta.gates import GateSite
+
+        sites = []
+        for i, layer in enumerate(self._bert_layers()):
+            heads = layer.attention.output.dense.in_features // self.head_dim
+            sites += [GateSite(f"layers.{i}.attention.output.dense.heads", heads, -2),
+                      GateSite(f"layers.{i}.intermediate", layer.intermediate.dense.out_features,
+                               -1)]
+        return sites + [GateSite(f"skips.{i}", 1, -1, closable=True)
+                        for i in range(len(self.layers))]
+
+    def _structure(self) -> dict[str, list[Any]]:
+        """The pre-trained layers, heads and feed-forward units this network holds."""
+        if "keep" in self.config:
+            return {k: list(v) for k, v in self.config["keep"].items()}
+        layers = list(range(self.first_layer, NUM_LAYERS))
+        heads = SENTENCE_DIM // self.head_dim
+        ff = self._bert_layers()[0].intermediate.dense.out_features
+        return {"layers": layers, "heads": [list(range(heads)) for _ in layers],
+                "ff": [list(range(ff)) for _ in layers]}
+
+    def _check_keep(self, keep: Mapping[str, Any]) -> dict[str, list[Any]]:
+        full = self._structure()
+        if set(keep) != {"layers", "heads", "ff"}:
+            raise ValueError(f"keep needs exactly 'layers', 'heads' and 'ff', got {sorted(keep)}")
+        layers = [int(i) for i in keep["layers"]]
+        heads, ff = [list(map(int, h)) for h in keep["heads"]], [list(map(int, f))
+                                                                 for f in keep["ff"]]
+        if not set(layers) <= set(full["layers"]) or len(set(layers)) != len(layers):
+            raise ValueError(f"keep.layers must be distinct layers of {full['layers']}, got "
+                             f"{layers}")
+        if not len(heads) == len(ff) == len(layers):
+            raise ValueError("keep.heads and keep.ff need one list per kept layer")
+        for h, f in zip(heads, ff):
+            if not h or not f or len(set(h)) != len(h) or len(set(f)) != len(f) \
+                    or not set(h) <= set(full["heads"][0]) or not set(f) <= set(full["ff"][0]):
+                raise ValueError("each kept layer needs distinct, existing heads and "
+                                 "feed-forward units (at least one of each)")
+        return {"layers": layers, "heads": heads, "ff": ff}
+
+    @torch.no_grad()
+    def _slice(self, layers_at: list[int], heads_at: list[list[int]],
+               ff_at: list[list[int]]) -> None:
+        """Keep the layers at positions ``layers_at`` of this network and, in each, the heads
+        and feed-forward units at the given positions; in place."""
+        d = self.head_dim
+        layers = []
+        for at, heads, ff in zip(layers_at, heads_at, ff_at):
+            layer = self._bert_layers()[at]
+            columns = (torch.tensor(heads)[:, None] * d + torch.arange(d)).reshape(-1)
+            attention = layer.attention
+            for name in ("query", "key", "value"):
+                _rows(getattr(attention.self, name), columns)
+            attention.self.num_attention_heads = len(heads)
+            attention.self.all_head_size = len(heads) * d
+            _columns(attention.output.dense, columns)
+            units = torch.tensor(ff)
+            _rows(layer.intermediate.dense, units)
+            _columns(layer.output.dense, units)
+            layers.append(layer)
+        self.layers = nn.ModuleList(layers)
+        self.skips = nn.ModuleList(nn.Identity() for _ in layers)
+
+    @torch.no_grad()
+    def pruned(self, masks: dict[str, Tensor]) -> MiniLMTop:
+        """A smaller ``MiniLMTop`` without the closed layers, heads and feed-forward units (same
+        outputs); its config's ``keep`` names what it kept of the pre-trained network."""
+        import copy
+
+        now = self._structure()
+        keep: dict[str, list[Any]] = {"layers": [], "heads": [], "ff": []}
+        at: dict[str, list[Any]] = {"layers": [], "heads": [], "ff": []}  # positions here
+        for i in range(len(self.layers)):
+            if not bool(masks[f"skips.{i}"].any()):
+                continue
+            heads = masks[f"layers.{i}.attention.output.dense.heads"].bool().nonzero()
+            ff = masks[f"layers.{i}.intermediate"].bool().nonzero()
+            at["layers"].append(i)
+            at["heads"].append(heads.flatten().tolist())
+            at["ff"].append(ff.flatten().tolist())
+            keep["layers"].append(now["layers"][i])
+            keep["heads"].append([now["heads"][i][j] for j in at["heads"][-1]])
+            keep["ff"].append([now["ff"][i][j] for j in at["ff"][-1]])
+        small = copy.deepcopy(self)
+        small._slice(at["layers"], at["heads"], at["ff"])
+        small.config = {**self.config, "keep": keep}
+        return small.train(self.training)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.float()
         mask = x.abs().sum(-1) > 0  # (N, L)
         bias = (~mask)[:, None, None, :].to(x.dtype) * torch.finfo(x.dtype).min
         h = x
-        for layer in self.layers:
+        for layer, skip in zip(self.layers, self.skips):
             out = layer(h, attention_mask=bias)
-            h = out[0] if isinstance(out, tuple) else out
+            out = out[0] if isinstance(out, tuple) else out
+            h = h + skip(out - h)  # the layer's whole update: a closable gate site
         weight = mask[..., None].to(h.dtype)
         pooled = (h * weight).sum(1) / weight.sum(1).clamp_min(1.0)
         out_: Tensor = self.head(self.scale * F.normalize(pooled, dim=-1))
