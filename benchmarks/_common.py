@@ -58,7 +58,8 @@ def parse_args(parser: Any) -> Any:
     """Add the options every resumable benchmark takes (work budget per call, latency
     repeats, torch threads, ``--smoke``), parse, and set the thread count."""
     parser.add_argument("--budget-minutes", type=float, default=9.0,
-                        help="work at most this long per call; rerun to resume")
+                        help="start no training chunk after this long (a call may "
+                        "overrun by one chunk); rerun to resume")
     parser.add_argument("--repeats", type=int, default=30, help="latency repeats")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--smoke", action="store_true", help="tiny budget, *-smoke.json")

@@ -25,8 +25,10 @@ method with a cosine learning-rate schedule, validation on 200 20-way 1-shot val
 short protocol chose on val (``film``, no fine-tuning).
 Results: results/omniglot-published-cpu.json.
 
-Each call works for at most --budget-minutes (default 9), training in chunks of 250 episodes;
-runs live in benchmarks/runs/omniglot/ (git-ignored) and finished units in its state.json.
+Each call trains in chunks of 250 episodes and starts no chunk after --budget-minutes (default
+9), so a call may overrun its budget by one chunk (a few minutes on one thread; a tiny budget
+still trains one chunk); runs live in benchmarks/runs/omniglot[-published]/ (git-ignored) and
+finished units in its state.json.
 The result, results/omniglot-cpu.json, says "complete": false until every unit is done.
 """
 

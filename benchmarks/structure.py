@@ -1,11 +1,15 @@
 """Does generated structure follow task difficulty? Gated vs ungated hypernetworks on mixed tasks.
 
 Task family ``mixed`` (constant, line, low- and high-frequency sinusoid, sum of both; the kind is
-hidden from the model, which reads a K=20 support set). Two models with the same architecture
-and training budget: per-task hard-concrete gates over the hidden units of a 1-64-64-1 target
-(sparsity cost ``--sparsity``) and the same without gates. On the 1,000 fixed test tasks:
-MSE of both, and for the gated one the FLOPs (``FlopCounterMode``) and parameters of each task's
-pruned network, grouped by kind.
+hidden from the model, which reads a K=20 support set). Models with the same architecture
+and training budget: per-task gates over the hidden units of a 1-64-64-1 target (sparsity cost
+``--sparsity``; the gate flags below pick the controlled variant) and the same without gates,
+trained with each of ``--ungated-seeds``; the reference is the ungated run with the lowest val
+MSE. On the 1,000 fixed test tasks: MSE of both, and for the gated one the FLOPs
+(``FlopCounterMode``) and parameters of each task's pruned network, grouped by kind.
+``difficulty_spearman`` ranks every test task's FLOPs against its difficulty, the ungated
+reference's MSE on that task (``kind_rank_spearman``: against its kind's rank, constant < line <
+low < high frequency < sum); one torch thread unless ``--threads``.
 
     python benchmarks/structure.py [--sparsity 0.02]  # results/structure-mixed-l0.02.json
     python benchmarks/structure.py --gate-mode width   # ordered widths: ...-mixed-width-l0.02
@@ -74,13 +78,15 @@ def gate_head(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def omniglot_config(gated: bool, steps: int, sparsity: float, seed: int,
-                    mode: str, estimator: str = "hard_concrete", warmup: int = 0) -> RunConfig:
+                    mode: str, estimator: str = "hard_concrete", warmup: int = 0,
+                    head: dict[str, Any] | None = None) -> RunConfig:
+    overrides = [f"gates.{k}={json.dumps(v)}" for k, v in (head or {}).items()] if gated else []
     return RunConfig.from_file(ROOT / "configs" / "omniglot_hypernet_film.yaml", [
         "tasks.ways=5", "tasks.shots=1", "tasks.queries=15", f"seed={seed}",
         f"train.steps={steps}", f"train.val_every={max(steps // 4, 1)}",
         f"gates.enabled={str(gated).lower()}", f"gates.sparsity={sparsity if gated else 0.0}",
         f"gates.mode={mode if gated else 'units'}", f"gates.estimator={estimator}",
-        f"gates.warmup_steps={warmup if gated else 0}"])
+        f"gates.warmup_steps={warmup if gated else 0}", *overrides])
 
 
 def run_omniglot(args: argparse.Namespace, tag: str, deadline: float,
@@ -90,26 +96,46 @@ def run_omniglot(args: argparse.Namespace, tag: str, deadline: float,
     path = result_path("structure", f"omniglot-{tag}", smoke=args.smoke)
     test = get_tasks("omniglot", data_dir=args.data_dir, ways=5, shots=1, queries=15).fixed_tasks(
         "test", 20 if args.smoke else 600)
+    val = get_tasks("omniglot", data_dir=args.data_dir, ways=5, shots=1, queries=15).fixed_tasks(
+        "val", 20 if args.smoke else 200)
     models, per_task = {}, {}
-    for name, gated in (("gated", True), ("ungated", False)):
-        run_name = (f"omniglot-gated-{tag}-n{args.steps}" if gated
-                    else f"omniglot-ungated-n{args.steps}")
-        conf = omniglot_config(gated, args.steps, args.sparsity, args.seed, args.gate_mode,
-                               args.estimator, args.warmup_steps)
+    teacher = runs / f"omniglot-ungated-n{args.steps}"
+    distill = {"distill_from": str(teacher), "distill_weight": args.distill}
+    # the ungated run first: it is the reference and, with --distill, the teacher of the gated
+    # run and of an ungated student (gates held open for the whole run), a second reference
+    plan: list[tuple[str, str, RunConfig]] = [
+        ("ungated", teacher.name, omniglot_config(False, args.steps, 0.0, args.seed, "units"))]
+    if args.distill:
+        plan.append(("ungated-distilled", f"omniglot-ungated-distill{args.distill:g}"
+                                          f"-n{args.steps}",
+                     omniglot_config(True, args.steps, 0.0, args.seed, "width",
+                                     warmup=args.steps, head=distill)))
+    plan.append(("gated", f"omniglot-gated-{tag}-n{args.steps}",
+                 omniglot_config(True, args.steps, args.sparsity, args.seed, args.gate_mode,
+                                 args.estimator, args.warmup_steps,
+                                 {**(gate_head(args) or {}),
+                                  **(distill if args.distill else {})})))
+
+    def per_task_accuracy(model: Any, episodes: Any) -> torch.Tensor:
+        scores = []
+        for start in range(0, episodes.num_tasks, 25):
+            chunk = episodes.slice(start, start + 25)
+            scores.append(get_kind("classification").per_task_metric(model.predict(chunk),
+                                                                     chunk.query_y))
+        return torch.cat(scores)
+
+    val_acc = {}
+    for name, run_name, conf in plan:
         if train_in_chunks(conf, runs / run_name, deadline, chunk=250) is None:
             write_result(path, {"benchmark": "structure", "complete": False, "summary": {},
                                 "environment": env, "config": vars(args)})
             print(f"budget used; rerun to continue ({path})")
             sys.exit(3)
-        model = load_run(runs / run_name).learner
-        models[name] = model
-        scores = []
-        for start in range(0, test.num_tasks, 25):
-            chunk = test.slice(start, start + 25)
-            assert chunk.query_y is not None
-            scores.append(get_kind("classification").per_task_metric(model.predict(chunk),
-                                                                     chunk.query_y))
-        per_task[name] = torch.cat(scores)
+        models[name] = load_run(runs / run_name).learner
+        per_task[name] = per_task_accuracy(models[name], test)
+        if name != "gated":
+            val_acc[name] = float(per_task_accuracy(models[name], val).mean())
+    reference = max(val_acc, key=val_acc.__getitem__)  # the better ungated run on val
     acc = {name: summarize(values) for name, values in per_task.items()}  # no second pass
     example = test.query_x[0]
     full = models["ungated"].generate(test.task(0))[0]
@@ -120,20 +146,25 @@ def run_omniglot(args: argparse.Namespace, tag: str, deadline: float,
         for start in range(0, test.num_tasks, 25):
             for net in models["gated"].generate(test.slice(start, start + 25)):
                 flops.append(count_flops(net, example))
-    difficulty = (1 - per_task["ungated"]).tolist()  # the ungated model's error per task
+    difficulty = (1 - per_task[reference]).tolist()  # the reference's error per task
+    loss = 100 * (acc[reference]["mean"] - acc["gated"]["mean"])
     summary = {
-        "flops_reduction": 1 - statistics.mean(flops) / full_flops,
-        "acc_gated": 100 * acc["gated"]["mean"], "acc_ungated": 100 * acc["ungated"]["mean"],
-        "acc_loss_points": 100 * (acc["ungated"]["mean"] - acc["gated"]["mean"]),
-        "ci95_gated": 100 * acc["gated"]["ci95"], "ci95_ungated": 100 * acc["ungated"]["ci95"],
-        "difficulty_spearman": spearman(difficulty, flops),
+        "omniglot": {"flops_reduction": 1 - statistics.mean(flops) / full_flops,
+                     "acc_loss_points": loss},
+        "acc_gated": 100 * acc["gated"]["mean"], "ci95_gated": 100 * acc["gated"]["ci95"],
+        "acc_ungated": {name: 100 * acc[name]["mean"] for name in val_acc},
+        "ci95_ungated": {name: 100 * acc[name]["ci95"] for name in val_acc},
+        "ungated_reference": {"run": reference, "val_acc": val_acc},
+        "difficulty_spearman": spearman(difficulty, flops), "test_tasks": test.num_tasks,
         "flops_ungated": full_flops, "flops_gated_min": min(flops),
         "flops_gated_max": max(flops),
     }
     write_result(path, {"benchmark": "structure", "family": "omniglot", "complete": True,
                         "summary": summary, "config": vars(args), "environment": env,
                         "protocol": "5-way 1-shot, 15 queries per class, train characters; "
-                                    "600 fixed test episodes; difficulty = ungated error"})
+                                    "600 fixed test episodes; reference = the ungated run (with "
+                                    "--distill: or its distilled student) more accurate on 200 "
+                                    "val episodes; difficulty = its error"})
     print(json.dumps(summary, indent=1))
     print(f"wrote {path}")
 
@@ -177,17 +208,23 @@ def main() -> None:
     parser.add_argument("--head-lr-scale", type=float, default=1.0,
                         help="with --separate-head: its learning rate over the run's")
     parser.add_argument("--distill", type=float, default=0.0,
-                        help="mixed family: weight of distillation from the ungated run")
+                        help="weight of distillation from the ungated run (its teacher)")
     parser.add_argument("--family", choices=["mixed", "omniglot"], default="mixed")
     parser.add_argument("--data-dir", default=os.environ.get("HYPERMETA_DATA"),
                         help="for --family omniglot: the folder holding omniglot/")
+    parser.add_argument("--ungated-seeds", type=lambda v: [int(s) for s in v.split(",")],
+                        default=[0, 1, 2], help="mixed family: the reference is the best of "
+                        "these ungated runs on val (same budget)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--budget-minutes", type=float, default=9.0)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     if args.smoke:
         args.steps = 200 if args.family == "mixed" else 20
+        args.ungated_seeds = args.ungated_seeds[:1]
     deadline = time.time() + 60 * args.budget_minutes
-    env = environment([args.seed])
+    env = environment(sorted({args.seed, *args.ungated_seeds}))
     tag = f"l{args.sparsity:g}" if args.gate_mode == "units" else f"width-l{args.sparsity:g}"
     if args.estimator != "hard_concrete":
         tag += f"-{args.estimator}"
@@ -206,31 +243,50 @@ def main() -> None:
     runs = ROOT / "benchmarks" / "runs" / ("structure-smoke" if args.smoke else "structure")
     path = result_path("structure", f"mixed-{tag}" + (f"-s{args.seed}" if args.seed else ""),
                        smoke=args.smoke)
-    results: dict[str, Any] = {}
     seed_tag = f"-s{args.seed}" if args.seed else ""
-    teacher = runs / f"ungated-n{args.steps}{seed_tag}"
-    # with --distill the ungated run trains first: it is the gated run's teacher
-    order = (("ungated", False), ("gated", True)) if args.distill else (("gated", True),
-                                                                        ("ungated", False))
-    for name, gated in order:
-        run_name = f"gated-{tag}-n{args.steps}{seed_tag}" if gated else teacher.name
-        head = gate_head(args) or {}
-        if gated and args.distill:
-            head = {**head, "distill_from": str(teacher), "distill_weight": args.distill}
-        if train_in_chunks(config(gated, args.steps, args.sparsity, args.seed, args.gate_mode,
-                                  args.estimator, args.warmup_steps, head),
-                           runs / run_name, deadline) is None:
+
+    def ungated_run(seed: int) -> Path:
+        return runs / (f"ungated-n{args.steps}" + (f"-s{seed}" if seed else ""))
+
+    def train_or_exit(conf: RunConfig, run_dir: Path) -> Any:
+        if train_in_chunks(conf, run_dir, deadline) is None:
             write_result(path, {"benchmark": "structure", "complete": False, "summary": {},
                                 "environment": env, "config": vars(args)})
             print(f"budget used; rerun to continue ({path})")
             sys.exit(3)
-        loaded = load_run(runs / run_name)
-        model, tasks = loaded.learner, loaded.tasks
-        test = tasks.fixed_tasks("test")
+        return load_run(run_dir)
+
+    def mse_of(model: Any, episodes: Any) -> torch.Tensor:
         with torch.no_grad():
-            mse = get_kind("regression").per_task_metric(model.predict(test), test.query_y)
-        results[name] = {"model": model, "mse": mse}
-    test = tasks.fixed_tasks("test")
+            return get_kind("regression").per_task_metric(model.predict(episodes),
+                                                          episodes.query_y)
+
+    # the ungated reference: the best (lowest val MSE) of the ungated runs at the same budget;
+    # with --distill the seed-0 one is also the gated run's teacher, so they train first, and
+    # an ungated student of the same teacher joins the candidates (its gates are held open for
+    # the whole run: a plain network trained with the gated run's distillation)
+    ungated: dict[str, Any] = {}
+    for seed in args.ungated_seeds:
+        ungated[f"seed{seed}"] = train_or_exit(config(False, args.steps, 0.0, seed),
+                                               ungated_run(seed))
+    distill = {"distill_from": str(ungated_run(args.ungated_seeds[0])),
+               "distill_weight": args.distill}
+    if args.distill:
+        ungated[f"seed{args.seed}-distilled"] = train_or_exit(
+            config(True, args.steps, 0.0, args.seed, "width", warmup=args.steps, head=distill),
+            runs / f"ungated-distill{args.distill:g}-n{args.steps}{seed_tag}")
+    head = {**(gate_head(args) or {}), **(distill if args.distill else {})}
+    loaded = train_or_exit(config(True, args.steps, args.sparsity, args.seed, args.gate_mode,
+                                  args.estimator, args.warmup_steps, head),
+                           runs / f"gated-{tag}-n{args.steps}{seed_tag}")
+    tasks = loaded.tasks
+    val, test = tasks.fixed_tasks("val"), tasks.fixed_tasks("test")
+    val_mse = {name: float(mse_of(run.learner, val).mean()) for name, run in ungated.items()}
+    best = min(val_mse, key=val_mse.__getitem__)
+    test_mse = {name: float(mse_of(run.learner, test).mean()) for name, run in ungated.items()}
+    results = {"gated": {"model": loaded.learner, "mse": mse_of(loaded.learner, test)},
+               "ungated": {"model": ungated[best].learner, "mse": mse_of(ungated[best].learner,
+                                                                         test)}}
     kinds = test.descriptor[:, 0].long()  # type: ignore[index]
     example = torch.zeros(100, 1)
     ungated_net = build_network(config(False, 1, 0, 0).target.model_dump())
@@ -247,6 +303,7 @@ def main() -> None:
                 params.append(sum(p.numel() for p in net.parameters()))
                 hidden.append(net.config["hidden"])
     flops_t = torch.tensor(flops, dtype=torch.float64)
+    kind_rank = kinds.tolist()  # the kind's rank in the family: easiest (constant) first
     per_kind = {}
     for k, kind in enumerate(FUNCTIONS):
         mask = kinds == k
@@ -264,9 +321,15 @@ def main() -> None:
     summary = {
         "flops_reduction": 1 - float(flops_t.mean()) / full_flops,
         "rel_mse_loss": (mse_gated - mse_ungated) / mse_ungated,
-        "difficulty_spearman": spearman(list(range(len(FUNCTIONS))),
-                                        [per_kind[k]["mean_flops"] for k in FUNCTIONS]),
+        # per test task: its FLOPs against its difficulty, the ungated reference's MSE on it
+        # (as for Omniglot); and against its kind's rank in the family (ties share a rank)
+        "difficulty_spearman": spearman(results["ungated"]["mse"].tolist(), flops),
+        "kind_rank_spearman": spearman(kind_rank, flops),
+        "test_tasks": test.num_tasks,
+        "kind_mean_spearman": spearman(list(range(len(FUNCTIONS))),
+                                       [per_kind[k]["mean_flops"] for k in FUNCTIONS]),
         "mse_gated": mse_gated, "mse_ungated": mse_ungated,
+        "ungated_reference": {"run": best, "val_mse": val_mse, "test_mse": test_mse},
         "mean_params_gated": statistics.mean(params), "params_ungated": full_params,
         "flops_ungated": full_flops,
     }
