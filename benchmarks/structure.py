@@ -283,10 +283,10 @@ def main() -> None:
     val, test = tasks.fixed_tasks("val"), tasks.fixed_tasks("test")
     val_mse = {name: float(mse_of(run.learner, val).mean()) for name, run in ungated.items()}
     best = min(val_mse, key=val_mse.__getitem__)
-    test_mse = {name: float(mse_of(run.learner, test).mean()) for name, run in ungated.items()}
+    per_task_mse = {name: mse_of(run.learner, test) for name, run in ungated.items()}
+    test_mse = {name: float(mse.mean()) for name, mse in per_task_mse.items()}
     results = {"gated": {"model": loaded.learner, "mse": mse_of(loaded.learner, test)},
-               "ungated": {"model": ungated[best].learner, "mse": mse_of(ungated[best].learner,
-                                                                         test)}}
+               "ungated": {"model": ungated[best].learner, "mse": per_task_mse[best]}}
     kinds = test.descriptor[:, 0].long()  # type: ignore[index]
     example = torch.zeros(100, 1)
     ungated_net = build_network(config(False, 1, 0, 0).target.model_dump())

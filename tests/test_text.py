@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -343,26 +344,37 @@ def train_tiny(tmp_path: Path, tiny: Path, model: dict[str, object] | None = Non
     return run_dir
 
 
-def test_text_classifier_exports_with_its_tokenizer(tiny: Path, tmp_path: Path) -> None:
-    import onnxruntime
-
-    from hypermeta import load_run
+def export_and_reload(run: Any, network: nn.Module, support: Episode, texts: list[str],
+                      folder: Path, onnx: bool) -> tuple[Path, dict[str, torch.Tensor],
+                                                         torch.Tensor]:
+    """Export ``network`` as a raw-text classifier, reload it, and check that it classifies
+    ``texts`` as the run's model does; -> (folder, tokens, expected logits)."""
     from hypermeta.export_text import export_text_classifier, load_text_classifier, tokenize
 
-    run = load_run(train_tiny(tmp_path, tiny))
-    texts = ["a spoon for stirring soup", "the crime of stealing property", "a new text"]
-    support = run.tasks.support_episode(run.tasks.encode_text(texts[:2]), torch.tensor([0, 1]))
-    network = run.hypermodel.generate(support)[0]
-    folder = export_text_classifier(network, run.tasks, tmp_path / "export",
+    folder = export_text_classifier(network, run.tasks, folder, onnx=onnx,
                                     content_id=run.content_id)
-    assert {"tokenizer.json", "vocab.txt", "model.onnx", "config.json"} <= {
-        p.name for p in folder.iterdir()}
     query = Episode(support.support_x, support.support_y, run.tasks.encode_text(texts)[None])
     expected = run.hypermodel.predict(query)[0]
     tokens = tokenize(folder, texts)
     with torch.no_grad():
         rebuilt = load_text_classifier(folder)(tokens["input_ids"], tokens["attention_mask"])
     assert torch.allclose(rebuilt, expected, atol=1e-4)
+    return folder, tokens, expected
+
+
+def test_text_classifier_exports_with_its_tokenizer(tiny: Path, tmp_path: Path) -> None:
+    import onnxruntime
+
+    from hypermeta import load_run
+
+    run = load_run(train_tiny(tmp_path, tiny))
+    texts = ["a spoon for stirring soup", "the crime of stealing property", "a new text"]
+    support = run.tasks.support_episode(run.tasks.encode_text(texts[:2]), torch.tensor([0, 1]))
+    network = run.hypermodel.generate(support)[0]
+    folder, tokens, expected = export_and_reload(run, network, support, texts,
+                                                 tmp_path / "export", onnx=True)
+    assert {"tokenizer.json", "vocab.txt", "model.onnx", "config.json"} <= {
+        p.name for p in folder.iterdir()}
     session = onnxruntime.InferenceSession(str(folder / "model.onnx"))
     onnx_out = session.run(None, {k: v.numpy() for k, v in tokens.items()})[0]
     assert np.allclose(onnx_out, expected.numpy(), atol=1e-4)
@@ -371,7 +383,6 @@ def test_text_classifier_exports_with_its_tokenizer(tiny: Path, tmp_path: Path) 
 def test_gated_minilm_text_task_trains_and_exports_its_pruned_network(tiny: Path,
                                                                      tmp_path: Path) -> None:
     from hypermeta import load_run
-    from hypermeta.export_text import export_text_classifier, load_text_classifier, tokenize
 
     model = {"target": {"name": "minilm_top", "first_layer": 5, "out_dim": 2},
              "class_head": {"enabled": True, "module": "head", "hidden": 16},
@@ -391,14 +402,7 @@ def test_gated_minilm_text_task_trains_and_exports_its_pruned_network(tiny: Path
         run.hypermodel.hypernet.head.bias[start:start + 768] = -20.0
     network = run.hypermodel.generate(support)[0]
     assert len(network.config["keep"]["ff"][0]) <= 768
-    folder = export_text_classifier(network, run.tasks, tmp_path / "export", onnx=False,
-                                    content_id=run.content_id)
-    query = Episode(support.support_x, support.support_y, run.tasks.encode_text(texts)[None])
-    expected = run.hypermodel.predict(query)[0]
-    tokens = tokenize(folder, texts)
-    with torch.no_grad():
-        rebuilt = load_text_classifier(folder)(tokens["input_ids"], tokens["attention_mask"])
-    assert torch.allclose(rebuilt, expected, atol=1e-4)
+    export_and_reload(run, network, support, texts, tmp_path / "export", onnx=False)
 
 
 def test_generated_lora_loads_in_peft_with_equal_outputs(lora_target: FunctionalTarget,

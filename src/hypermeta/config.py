@@ -326,7 +326,7 @@ class RunConfig(_Strict):
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            raise ConfigError(_format(err)) from None
+            raise ConfigError(format_errors(err)) from None
 
     @classmethod
     def from_saved(cls, data: dict[str, Any]) -> RunConfig:
@@ -407,10 +407,6 @@ def read_config_file(path: str | Path, overrides: list[str] | None = None, *,
 
 def format_errors(err: ValidationError) -> str:
     """A pydantic ``ValidationError`` as one readable message, a line per problem."""
-    return _format(err)
-
-
-def _format(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "config"

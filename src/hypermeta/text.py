@@ -372,9 +372,9 @@ class MiniLMTop(nn.Module):
         """Keep the layers at positions ``layers_at`` of this network and, in each, the heads
         and feed-forward units at the given positions; in place."""
         d = self.head_dim
-        layers = []
+        current, layers = self._bert_layers(), []
         for at, heads, ff in zip(layers_at, heads_at, ff_at):
-            layer = self._bert_layers()[at]
+            layer = current[at]
             columns = (torch.tensor(heads)[:, None] * d + torch.arange(d)).reshape(-1)
             attention = layer.attention
             for name in ("query", "key", "value"):

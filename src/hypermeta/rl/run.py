@@ -124,9 +124,9 @@ class RLConfig(_Strict):
         try:
             config = cls.model_validate(data)
         except ValidationError as err:
-            from hypermeta.config import _format
+            from hypermeta.config import format_errors
 
-            raise ConfigError(_format(err)) from None
+            raise ConfigError(format_errors(err)) from None
         try:
             _ = config.task_space  # games and contexts checked before any work
         except ConfigError:
